@@ -1,0 +1,294 @@
+"""Loading the experiment configuration: presets + ``params.yaml`` + dot-list overrides → ``IrisConfig``.
+
+This is the project's only OmegaConf user. OmegaConf reads the YAML files, parses dot-list overrides
+(``world_model.transformer.num_layers=4``) and merges them; the result is then checked field by field
+against the frozen dataclasses of :mod:`iris_core.config`, so every mistake is reported with the
+dotted path of the key: unknown keys (with the closest valid key), wrong types, out-of-range values.
+
+Override syntax follows the paper code: ``env=<preset>`` and ``params=<preset>`` pick presets from
+``config/env`` and ``config/params``; every other ``key=value`` sets a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from iris_core.config import ConfigError, IrisConfig, config_to_dict, prefix_config_error
+
+DEFAULT_ENV = "crafter"
+DEFAULT_PARAMS = "crafter"
+PRESET_GROUPS = ("env", "params")
+
+
+class ConfigLoadError(ConfigError):
+    """A preset, file or override could not be read (as opposed to a bad value)."""
+
+
+def config_dir() -> Path:
+    """Folder holding ``env/`` and ``params/`` presets: ``$IRIS_CONFIG_DIR`` or the project's ``config/``."""
+    env_dir = os.environ.get("IRIS_CONFIG_DIR")
+    if env_dir:
+        return Path(env_dir)
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+def available_presets(group: str, root: Path | None = None) -> list[str]:
+    folder = (root or config_dir()) / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading YAML and overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path, what: str) -> DictConfig:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigLoadError(what, f"file not found: {path}") from None
+    except OSError as error:
+        raise ConfigLoadError(what, f"cannot read {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigLoadError(what, f"invalid YAML at {where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigLoadError(what, f"{path} must hold a mapping of keys, got {type(data).__name__}")
+    try:
+        loaded = OmegaConf.create(data)
+    except OmegaConfBaseException as error:
+        raise ConfigLoadError(what, f"{path}: {error}") from None
+    assert isinstance(loaded, DictConfig)
+    return loaded
+
+
+def _load_preset(group: str, name: str, root: Path) -> DictConfig:
+    path = root / group / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(available_presets(group, root)) or "(none)"
+        raise ConfigLoadError(group, f"unknown preset {name!r}; available: {choices}")
+    return _read_yaml(path, group)
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate preset selections (``env=atari``) from value overrides (``a.b=1``)."""
+    presets: dict[str, str] = {}
+    values: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigLoadError(key or item, f"override {item!r} is not of the form key=value")
+        if key in PRESET_GROUPS:
+            presets[key] = value.strip()
+        else:
+            values.append(item)
+    return presets, values
+
+
+def _parse_overrides(values: Sequence[str]) -> DictConfig:
+    try:
+        parsed = OmegaConf.from_dotlist(list(values))
+    except OmegaConfBaseException as error:
+        raise ConfigLoadError("overrides", f"cannot parse {list(values)}: {error}") from None
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a plain dict against the dataclass schema
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        keys.append(path)
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(_all_keys(hint, f"{path}."))  # type: ignore[arg-type]
+    return keys
+
+
+def _unknown_key_error(cls: type, key: str, path: str) -> ConfigError:
+    full = f"{path}.{key}" if path else key
+    local = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, local, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean '{path + '.' if path else ''}{close[0]}'?"
+    else:
+        everywhere = difflib.get_close_matches(full, _all_keys(IrisConfig), n=1, cutoff=0.6)
+        hint = f"did you mean '{everywhere[0]}'?" if everywhere else f"valid keys here: {', '.join(local)}"
+    return ConfigError(full, f"unknown key; {hint}")
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _convert(value, inner, path)
+    if value is None:
+        raise ConfigError(path, f"must not be null (expected {getattr(hint, '__name__', hint)})")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"expected a mapping of keys, got {_describe(value)}")
+        return build_dataclass(hint, value, path)  # type: ignore[arg-type]
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(path, f"expected a list, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(path, f"expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, f"expected true or false, got {_describe(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(path, f"expected an integer, got {_describe(value)}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(path, f"expected a number, got {_describe(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(path, f"expected a string, got {_describe(value)}")
+    raise TypeError(f"{path}: unsupported schema type {hint!r}")  # a bug in the schema, not user input
+
+
+def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
+    """Instantiate ``cls`` from a plain mapping, checking keys and types; errors name the key path."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown_key_error(cls, str(key), path)
+    kwargs = {key: _convert(value, hints[key], f"{path}.{key}" if path else key) for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise prefix_config_error(error, path) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def merged_config(
+    env: str | None = None,
+    params: str | None = None,
+    overrides: Sequence[str] = (),
+    params_file: str | Path | None = None,
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """The merged, plain (interpolation-free) config tree before derivation.
+
+    With ``params_file`` the file is the base (a workspace's ``params.yaml``); otherwise the env and
+    params presets (Crafter by default). ``env=``/``params=`` inside ``overrides`` select presets too.
+    """
+    root = root or config_dir()
+    presets, values = split_overrides(overrides)
+    env = presets.get("env", env)
+    params = presets.get("params", params)
+    layers: list[DictConfig] = []
+    if params_file is not None:
+        if env is not None or params is not None:
+            raise ConfigLoadError("params", "give either a params file or presets, not both")
+        layers.append(_read_yaml(Path(params_file), "params_file"))
+    else:
+        params_cfg = _load_preset("params", params or DEFAULT_PARAMS, root)
+        if "env" in params_cfg:
+            raise ConfigLoadError("params", "a params preset must not contain an 'env' section")
+        layers.append(params_cfg)
+        layers.append(OmegaConf.create({"env": _load_preset("env", env or DEFAULT_ENV, root)}))
+    layers.append(_parse_overrides(values))
+    try:
+        merged = OmegaConf.merge(*layers)
+        container = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigLoadError(str(key), str(error).splitlines()[0]) from None
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}
+
+
+def load_config(
+    env: str | None = None,
+    params: str | None = None,
+    overrides: Sequence[str] = (),
+    params_file: str | Path | None = None,
+    root: Path | None = None,
+) -> IrisConfig:
+    """Merge presets (or a ``params.yaml``) with overrides and return the frozen, checked config."""
+    tree = merged_config(env=env, params=params, overrides=overrides, params_file=params_file, root=root)
+    config = build_dataclass(IrisConfig, tree)
+    assert isinstance(config, IrisConfig)
+    return config
+
+
+def to_yaml(tree: Mapping[str, Any] | IrisConfig) -> str:
+    """Plain YAML (no interpolation) of a merged tree or a resolved config."""
+    data = config_to_dict(tree) if isinstance(tree, IrisConfig) else dict(tree)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
+
+
+def write_params(
+    path: str | Path,
+    env: str | None = None,
+    params: str | None = None,
+    overrides: Sequence[str] = (),
+) -> IrisConfig:
+    """Write the merged config to ``path`` as plain values, after checking that it is valid.
+
+    Derived sizes are written as ``null`` (they follow their sources); ``load_config(params_file=path)``
+    gives back the same config.
+    """
+    tree = merged_config(env=env, params=params, overrides=overrides)
+    config = build_dataclass(IrisConfig, tree)  # validate before touching the file
+    header = (
+        "# The experiment of this workspace: plain values, read by every DVC stage.\n"
+        "# null = derived from other values (see iris_core/config.py). Regenerate with `iris config write`.\n"
+    )
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(header + to_yaml(tree))
+    os.replace(tmp, target)
+    assert isinstance(config, IrisConfig)
+    return config
