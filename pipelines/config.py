@@ -266,7 +266,7 @@ def load_config(
 def to_yaml(tree: Mapping[str, Any] | IrisConfig) -> str:
     """Plain YAML (no interpolation) of a merged tree or a resolved config."""
     data = config_to_dict(tree) if isinstance(tree, IrisConfig) else dict(tree)
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=110)
 
 
 def write_params(
