@@ -120,7 +120,9 @@ class FrameCnnConfig:
             "down",
             f"must have as many entries as mult ({len(self.mult)}), got {len(self.down)}",
         )
-        _require(all(d in (0, 1) for d in self.down), "down", f"entries must be 0 or 1, got {list(self.down)}")
+        _require(
+            all(d in (0, 1) for d in self.down), "down", f"entries must be 0 or 1, got {list(self.down)}"
+        )
         for m in self.mult:
             width = m * self.num_channels
             _require(
@@ -136,7 +138,7 @@ class FrameCnnConfig:
         return sum(self.down)
 
     def output_resolution(self, image_size: int) -> int:
-        return image_size // 2**self.num_downsamples
+        return image_size >> self.num_downsamples
 
     def output_size(self, image_size: int) -> int:
         """Number of features of the flattened output map (``latent_dim × res × res``)."""
@@ -175,13 +177,24 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         _positive(
-            self, "image_channels", "image_size", "num_tokens", "decoder_act_channels", "codebook_size",
-            "codebook_dim", "dead_code_factor",
-        )  # fmt: skip
+            self,
+            "image_channels",
+            "image_size",
+            "num_tokens",
+            "decoder_act_channels",
+            "codebook_size",
+            "codebook_dim",
+            "dead_code_factor",
+        )
         _non_negative(
-            self, "commitment_weight", "l2_weight", "l1_weight", "worst_pixel_weight",
-            "revival_entropy_margin_bits", "collapse_entropy_bits",
-        )  # fmt: skip
+            self,
+            "commitment_weight",
+            "l2_weight",
+            "l1_weight",
+            "worst_pixel_weight",
+            "revival_entropy_margin_bits",
+            "collapse_entropy_bits",
+        )
         _unit_interval(self, "codebook_ema_decay", "usage_ema_decay")
         if self.num_actions is not None:
             _require(self.num_actions > 0, "num_actions", f"must be > 0, got {self.num_actions}")
@@ -203,7 +216,9 @@ class TokenizerConfig:
             "encoder, decoder and frame_cnn must reach the same latent resolution",
         )
         grid = math.isqrt(self.num_tokens)
-        _require(grid * grid == self.num_tokens, "num_tokens", f"must be a perfect square, got {self.num_tokens}")
+        _require(
+            grid * grid == self.num_tokens, "num_tokens", f"must be a perfect square, got {self.num_tokens}"
+        )
         _require(
             self.latent_resolution % grid == 0,
             "num_tokens",
@@ -350,7 +365,9 @@ class ActorCriticConfig:
     temperature: float = 1.0  # action sampling temperature in imagination
     num_actions: int | None = None
     image_size: int = 64
-    frame_encoder: FrameCnnConfig = field(default_factory=lambda: FrameCnnConfig(num_channels=32, latent_dim=16))
+    frame_encoder: FrameCnnConfig = field(
+        default_factory=lambda: FrameCnnConfig(num_channels=32, latent_dim=16)
+    )
 
     def __post_init__(self) -> None:
         _non_negative(self, "burn_in_length", "entropy_weight")
@@ -393,8 +410,14 @@ class ComponentTrainingConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "batch_num_samples", "grad_acc_steps", "max_grad_norm")
-        _non_negative(self, "priority_alpha", "weight_decay", "start_after_epochs", "steps_first_epoch",
-                      "steps_per_epoch")  # fmt: skip
+        _non_negative(
+            self,
+            "priority_alpha",
+            "weight_decay",
+            "start_after_epochs",
+            "steps_first_epoch",
+            "steps_per_epoch",
+        )
         _one_of(self, "optimizer", ("adamw", "adam"))
         _require(
             not (self.optimizer == "adam" and self.weight_decay != 0.0),
@@ -402,7 +425,9 @@ class ComponentTrainingConfig:
             "plain Adam takes no weight decay (use optimizer: adamw)",
         )
         if self.sequence_length is not None:
-            _require(self.sequence_length >= 2, "sequence_length", f"must be >= 2, got {self.sequence_length}")
+            _require(
+                self.sequence_length >= 2, "sequence_length", f"must be >= 2, got {self.sequence_length}"
+            )
 
     def steps_in_epoch(self, epoch: int) -> int:
         """Optimizer steps this component takes in paper epoch ``epoch`` (1-based)."""
@@ -586,12 +611,21 @@ class IrisConfig:
         tok, wm, ac, tr = self.tokenizer, self.world_model, self.actor_critic, self.training
 
         # Frames: one size and channel count for every CNN and the environment.
-        _require(self.env.train.size == tok.image_size, "tokenizer.image_size",
-                 f"must equal env.train.size ({self.env.train.size})")  # fmt: skip
-        for key, value in (("world_model.image_size", wm.image_size), ("actor_critic.image_size", ac.image_size)):
+        _require(
+            self.env.train.size == tok.image_size,
+            "tokenizer.image_size",
+            f"must equal env.train.size ({self.env.train.size})",
+        )
+        for key, value in (
+            ("world_model.image_size", wm.image_size),
+            ("actor_critic.image_size", ac.image_size),
+        ):
             _require(value == tok.image_size, key, f"must equal tokenizer.image_size ({tok.image_size})")
-        _require(wm.image_channels == tok.image_channels, "world_model.image_channels",
-                 f"must equal tokenizer.image_channels ({tok.image_channels})")  # fmt: skip
+        _require(
+            wm.image_channels == tok.image_channels,
+            "world_model.image_channels",
+            f"must equal tokenizer.image_channels ({tok.image_channels})",
+        )
 
         # Sequence lengths: the tokenizer sees world-model-length segments, the actor-critic
         # burn-in + 1 frames (spec §5).
@@ -604,7 +638,9 @@ class IrisConfig:
             tokenizer=tr.tokenizer
             if tr.tokenizer.sequence_length is not None
             else replace(tr.tokenizer, sequence_length=wm_len),
-            actor_critic=_derived(tr.actor_critic, "training.actor_critic", sequence_length=ac.burn_in_length + 1),
+            actor_critic=_derived(
+                tr.actor_critic, "training.actor_critic", sequence_length=ac.burn_in_length + 1
+            ),
         )
         _nested(self, "training", tr)
 
@@ -612,7 +648,9 @@ class IrisConfig:
         transformer = _derived(
             wm.transformer, "world_model.transformer", max_blocks=wm_len, tokens_per_block=2 + tok.num_tokens
         )
-        wm = _derived(wm, "world_model", latent_vocab_size=tok.codebook_size, num_latent_tokens=tok.num_tokens)
+        wm = _derived(
+            wm, "world_model", latent_vocab_size=tok.codebook_size, num_latent_tokens=tok.num_tokens
+        )
         wm = replace(wm, transformer=transformer)
         _nested(self, "world_model", wm)
         needed = ac.burn_in_length + ac.imagination_horizon + 1
@@ -636,8 +674,11 @@ class IrisConfig:
 
         # num_actions: all three components agree (all None before the env is known).
         counts = {tok.num_actions, wm.num_actions, ac.num_actions}
-        _require(len(counts) == 1, "world_model.num_actions",
-                 f"tokenizer, world_model and actor_critic disagree on num_actions: {sorted(map(str, counts))}")  # fmt: skip
+        _require(
+            len(counts) == 1,
+            "world_model.num_actions",
+            f"tokenizer, world_model and actor_critic disagree on num_actions: {sorted(map(str, counts))}",
+        )
 
     @property
     def num_actions(self) -> int | None:

@@ -199,7 +199,9 @@ def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
     for key in data:
         if key not in names:
             raise _unknown_key_error(cls, str(key), path)
-    kwargs = {key: _convert(value, hints[key], f"{path}.{key}" if path else key) for key, value in data.items()}
+    kwargs = {
+        key: _convert(value, hints[key], f"{path}.{key}" if path else key) for key, value in data.items()
+    }
     try:
         return cls(**kwargs)
     except ConfigError as error:

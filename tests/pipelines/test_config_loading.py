@@ -28,7 +28,9 @@ def test_overrides_beat_presets() -> None:
     # The test env follows the train id unless it is set itself (as in the paper code).
     assert config.env.test.id == "PongNoFrameskip-v4"
     config = load_config(
-        env="atari", params="atari", overrides=["env.train.id=PongNoFrameskip-v4", "env.test.id=BoxingNoFrameskip-v4"]
+        env="atari",
+        params="atari",
+        overrides=["env.train.id=PongNoFrameskip-v4", "env.test.id=BoxingNoFrameskip-v4"],
     )
     assert (config.env.train.id, config.env.test.id) == ("PongNoFrameskip-v4", "BoxingNoFrameskip-v4")
 
@@ -78,7 +80,9 @@ def test_derived_sizes_follow_their_sources() -> None:
 def test_params_yaml_round_trip(tmp_path: Path, env: str, params: str, overrides: list[str]) -> None:
     path = tmp_path / "params.yaml"
     written = write_params(path, env=env, params=params, overrides=overrides)
-    assert load_config(params_file=path) == written == load_config(env=env, params=params, overrides=overrides)
+    assert (
+        load_config(params_file=path) == written == load_config(env=env, params=params, overrides=overrides)
+    )
     text = path.read_text()
     assert "${" not in text  # plain values only: DVC rewrites interpolations
     # Writing what was read gives the same file (a fixed point).
@@ -116,26 +120,50 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
     ("args", "expected"),
     [
         # unknown key, with the closest valid key
-        (["world_model.transformer.num_layer=4"], "world_model.transformer.num_layer: unknown key; did you mean "
-         "'world_model.transformer.num_layers'?"),
+        (
+            ["world_model.transformer.num_layer=4"],
+            "world_model.transformer.num_layer: unknown key; did you mean "
+            "'world_model.transformer.num_layers'?",
+        ),
         (["trainng.learning_rate=1"], "trainng: unknown key; did you mean 'training'?"),
-        (["actor_critic.lambda=0.9"], "actor_critic.lambda: unknown key; did you mean 'actor_critic.lambda_'?"),
+        (
+            ["actor_critic.lambda=0.9"],
+            "actor_critic.lambda: unknown key; did you mean 'actor_critic.lambda_'?",
+        ),
         # wrong type
         (["training.learning_rate=fast"], "training.learning_rate: expected a number, got 'fast' (str)"),
-        (["world_model.transformer.num_layers=2.5"], "world_model.transformer.num_layers: expected an integer"),
+        (
+            ["world_model.transformer.num_layers=2.5"],
+            "world_model.transformer.num_layers: expected an integer",
+        ),
         (["world_model.two_hot_rews=maybe"], "world_model.two_hot_rews: expected true or false"),
         (["tokenizer.encoder.mult=3"], "tokenizer.encoder.mult: expected a list"),
         (["tokenizer=3"], "tokenizer: expected a mapping of keys"),
         # out of range
         (["training.learning_rate=-0.001"], "training.learning_rate: must be > 0, got -0.001"),
         (["actor_critic.gamma=1.5"], "actor_critic.gamma: must be in [0, 1], got 1.5"),
-        (["actor_critic.imagination_horizon=16"], "actor_critic.imagination_horizon: burn_in_length (5) + "
-         "imagination_horizon (16) + 1 = 22 exceeds the world model's context of 21 blocks"),
+        (
+            ["actor_critic.imagination_horizon=16"],
+            "actor_critic.imagination_horizon: burn_in_length (5) + "
+            "imagination_horizon (16) + 1 = 22 exceeds the world model's context of 21 blocks",
+        ),
         (["tokenizer.num_tokens=3"], "tokenizer.num_tokens: must be a perfect square, got 3"),
-        (["world_model.transformer.num_heads=7"], "world_model.transformer.num_heads: embed_dim 512 is not divisible"),
-        (["world_model.transformer.embed_dim=256"], "world_model.frame_cnn.latent_dim: the I-token CNN outputs"),
-        (["tokenizer.decoder.latent_dim=70"], "tokenizer.decoder.latent_dim: must equal its derived value 76, got 70"),
-        (["training.actor_critic.optimizer=sgd"], "training.actor_critic.optimizer: must be one of ['adamw', 'adam']"),
+        (
+            ["world_model.transformer.num_heads=7"],
+            "world_model.transformer.num_heads: embed_dim 512 is not divisible",
+        ),
+        (
+            ["world_model.transformer.embed_dim=256"],
+            "world_model.frame_cnn.latent_dim: the I-token CNN outputs",
+        ),
+        (
+            ["tokenizer.decoder.latent_dim=70"],
+            "tokenizer.decoder.latent_dim: must equal its derived value 76, got 70",
+        ),
+        (
+            ["training.actor_critic.optimizer=sgd"],
+            "training.actor_critic.optimizer: must be one of ['adamw', 'adam']",
+        ),
         (["env.train.kind=doom"], "env.train.kind: must be one of ['crafter', 'atari']"),
         # unknown presets list the available ones
         (["env=atary"], "env: unknown preset 'atary'; available: atari, crafter"),
