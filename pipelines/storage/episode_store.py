@@ -1,0 +1,372 @@
+"""One immutable Zarr store of the episodes collected in one iteration (architecture §7, R6).
+
+Layout of ``<iteration>.zarr`` (a Zarr v3 group)::
+
+    zarr.json       group attributes: schema_version, env_id, seed, iteration, policy_version,
+                    obs_shape, with_achievements
+    obs             (N, C, H, W) uint8, chunks of 32 frames, zstd
+    act             (N,) int16      ┐
+    rew             (N,) float32    │ chunks of 1024 steps, zstd
+    end             (N,) uint8      │
+    trunc           (N,) uint8      ┘
+    return          (M,) float64    per-part table columns that are not in the index
+    achievements    (M, 22) int64   (Crafter only)
+    index           (M, 5) int64    rows (episode_id, part, start, length, finished): the commit record
+
+Frames of all episode parts are concatenated along time in the flat arrays; index row ``i``
+says that ``obs[start:start + length]`` is part ``part`` of episode ``episode_id``.
+
+Commit protocol. ``append`` writes the frames, then the table values, then the index row, each
+write awaited before the next starts. Zarr writes a chunk atomically but grows an array's shape
+before writing its chunks, so a killed writer leaves longer arrays whose tails read as zeros.
+A committed index row always has ``length >= 1``; an index row that reads as zeros was never
+committed. Readers therefore trust exactly the index rows before the first zero row, and the
+frames those rows cover. Reopening for writing truncates every array to that committed size and
+removes the ``*.partial`` temporaries of interrupted chunk writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+import zarr.codecs
+from zarr.core.sync import sync
+
+from iris_core.data.structures import Episode
+from pipelines.storage import locations
+from pipelines.storage.errors import (
+    SchemaVersionError,
+    StoreCorruptedError,
+    StoreError,
+    StoreNotFoundError,
+    TableValidationError,
+)
+from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS, achievement_column, validate_table
+
+SCHEMA_VERSION = 1
+FRAME_CHUNK = 32  # frames per obs chunk: a 21-frame segment touches one or two chunks
+STEP_CHUNK = 1024  # steps per chunk of the small per-step arrays
+INDEX_CHUNK = 1024
+INDEX_COLUMNS = ("episode_id", "part", "start", "length", "finished")
+STEP_FIELDS = ("act", "rew", "end", "trunc")
+STEP_DTYPES = {"act": np.int16, "rew": np.float32, "end": np.uint8, "trunc": np.uint8}
+FIELDS = ("obs", *STEP_FIELDS)
+
+
+def _compressors() -> tuple[zarr.codecs.ZstdCodec]:
+    # The zstd frame checksum turns a flipped byte in a chunk into a read error, not silent garbage.
+    return (zarr.codecs.ZstdCodec(level=3, checksum=True),)
+
+
+@dataclass(frozen=True)
+class StoreAttributes:
+    """Facts about a whole collection, kept in the group attributes."""
+
+    env_id: str
+    seed: int
+    iteration: int
+    policy_version: int
+    obs_shape: tuple[int, int, int] = (3, 64, 64)
+    with_achievements: bool = False  # Crafter: the table carries the 22 achievement counters
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "env_id": self.env_id,
+            "seed": self.seed,
+            "iteration": self.iteration,
+            "policy_version": self.policy_version,
+            "obs_shape": list(self.obs_shape),
+            "with_achievements": self.with_achievements,
+        }
+
+    @classmethod
+    def from_json(cls, attrs: Mapping[str, Any], store: str) -> StoreAttributes:
+        version = attrs.get("schema_version")
+        if not isinstance(version, int):
+            raise StoreCorruptedError(store, "not an episode store (no integer 'schema_version' attribute)")
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                store, f"written with schema version {version}; this code reads versions <= {SCHEMA_VERSION}"
+            )
+        try:
+            c, h, w = (int(x) for x in attrs["obs_shape"])
+            return cls(
+                env_id=str(attrs["env_id"]),
+                seed=int(attrs["seed"]),
+                iteration=int(attrs["iteration"]),
+                policy_version=int(attrs["policy_version"]),
+                obs_shape=(c, h, w),
+                with_achievements=bool(attrs["with_achievements"]),
+                schema_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise StoreCorruptedError(store, f"bad group attributes: {error!r}") from None
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """One committed index row."""
+
+    episode_id: int
+    part: int
+    start: int
+    length: int
+    finished: bool
+
+
+def _open_group(url: str, *, read_only: bool) -> zarr.Group:
+    fs, path = locations.filesystem(url)
+    if not fs.exists(path.rstrip("/") + "/zarr.json"):
+        raise StoreNotFoundError(url, "no episode store here (missing zarr.json)")
+    try:
+        return zarr.open_group(
+            store=locations.zarr_store(url, read_only=read_only), mode="r" if read_only else "r+"
+        )
+    except Exception as error:
+        raise StoreCorruptedError(url, f"cannot open the Zarr group: {error!r}") from None
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    node = group[name]
+    assert isinstance(node, zarr.Array), f"{name} is not an array"
+    return node
+
+
+def _committed_index(index: np.ndarray, store: str) -> np.ndarray:
+    """The committed prefix of the index, checked for consistency."""
+    uncommitted = np.flatnonzero(index[:, 3] == 0)
+    num_committed = int(uncommitted[0]) if len(uncommitted) else len(index)
+    if (index[num_committed:] != 0).any():
+        raise StoreCorruptedError(store, f"index row {num_committed} is empty but later rows are not")
+    rows = index[:num_committed]
+    expected_starts = np.concatenate([[0], np.cumsum(rows[:, 3])[:-1]]) if len(rows) else rows[:, 2]
+    if (
+        (rows[:, 2] != expected_starts).any()
+        or (rows[:, :2] < 0).any()
+        or not np.isin(rows[:, 4], (0, 1)).all()
+    ):
+        raise StoreCorruptedError(store, "index rows are inconsistent (starts, ids or finished flags)")
+    return rows
+
+
+class EpisodeStore:
+    """Read-only view of the committed episodes of one store.
+
+    Opening reads the attributes and the index (a few bytes per episode); frames are read on demand.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = str(url)
+        self._group = _open_group(self.url, read_only=True)
+        self.attributes = StoreAttributes.from_json(self._group.attrs.asdict(), self.url)
+        try:
+            arrays = {name: _array(self._group, name) for name in (*FIELDS, "return", "index")}
+            if self.attributes.with_achievements:
+                arrays["achievements"] = _array(self._group, "achievements")
+            raw_index = np.asarray(arrays["index"][:], dtype=np.int64)
+        except KeyError as error:
+            raise StoreCorruptedError(
+                self.url, f"missing array {error} (was its creation interrupted? then re-create it)"
+            ) from None
+        except Exception as error:
+            raise StoreCorruptedError(self.url, f"cannot read the index: {error!r}") from None
+        self.index = _committed_index(raw_index, self.url)
+        self.num_frames = int(self.index[:, 3].sum())
+        self._arrays = {name: a.async_array for name, a in arrays.items()}
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        shapes = {name: a.shape for name, a in self._arrays.items()}
+        if shapes["obs"][1:] != self.attributes.obs_shape:
+            raise StoreCorruptedError(self.url, f"obs has frames of shape {shapes['obs'][1:]}")
+        for name in FIELDS:
+            if shapes[name][0] < self.num_frames:
+                raise StoreCorruptedError(
+                    self.url, f"'{name}' holds {shapes[name][0]} steps, the index commits {self.num_frames}"
+                )
+        for name in ("return", "achievements"):
+            if name in shapes and shapes[name][0] < len(self.index):
+                raise StoreCorruptedError(
+                    self.url, f"'{name}' holds {shapes[name][0]} rows, the index commits {len(self.index)}"
+                )
+
+    @property
+    def parts(self) -> list[StoredPart]:
+        return [StoredPart(int(e), int(p), int(s), int(n), bool(f)) for e, p, s, n, f in self.index]
+
+    async def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Steps ``[start, stop)`` of array ``name`` (only the chunks they cover are fetched)."""
+        assert 0 <= start <= stop <= self.num_frames, (name, start, stop, self.num_frames)
+        try:
+            data = await self._arrays[name].getitem(slice(start, stop))
+        except Exception as error:
+            raise StoreCorruptedError(self.url, f"cannot read '{name}'[{start}:{stop}]: {error!r}") from None
+        return np.asarray(data)
+
+    def read_part(self, row: int) -> Episode:
+        """Index row ``row`` as an :class:`Episode` (mainly for tests and inspection)."""
+        _, _, start, length, _ = (int(x) for x in self.index[row])
+
+        async def gather() -> list[np.ndarray]:
+            return list(await asyncio.gather(*(self.read(n, start, start + length) for n in FIELDS)))
+
+        obs, act, rew, end, trunc = sync(gather())
+        return Episode(obs=obs, act=act.astype(np.int64), rew=rew, end=end, trunc=trunc)
+
+    def table(self) -> pd.DataFrame:
+        """The per-part table (validated): one row per committed index row."""
+        m = len(self.index)
+        try:
+            returns = np.asarray(_array(self._group, "return")[:m], dtype=np.float64)
+            achievements = (
+                np.asarray(_array(self._group, "achievements")[:m], dtype=np.int64)
+                if self.attributes.with_achievements
+                else None
+            )
+        except Exception as error:
+            raise StoreCorruptedError(self.url, f"cannot read the episode table: {error!r}") from None
+        return validate_table(_table_frame(self.index, returns, achievements, self.attributes), self.url)
+
+
+def _table_frame(
+    index: np.ndarray, returns: np.ndarray, achievements: np.ndarray | None, attributes: StoreAttributes
+) -> pd.DataFrame:
+    m = len(index)
+    columns: dict[str, Any] = {
+        "episode_id": index[:, 0].astype(np.int64),
+        "part": index[:, 1].astype(np.int64),
+        "length": index[:, 3].astype(np.int64),
+        "return": returns.astype(np.float64),
+        "finished": index[:, 4].astype(bool),
+        "iteration": np.full(m, attributes.iteration, dtype=np.int64),
+        "policy_version": np.full(m, attributes.policy_version, dtype=np.int64),
+    }
+    if achievements is not None:
+        for j, name in enumerate(CRAFTER_ACHIEVEMENTS):
+            columns[achievement_column(name)] = achievements[:, j].astype(np.int64)
+    return pd.DataFrame(columns)
+
+
+class EpisodeStoreWriter:
+    """Appends episode parts to one store. One writer per store at a time."""
+
+    def __init__(self, url: str, group: zarr.Group, attributes: StoreAttributes, index: np.ndarray) -> None:
+        self.url = url
+        self.attributes = attributes
+        self._group = group
+        self._arrays = {name: _array(group, name).async_array for name in group.array_keys()}
+        self._num_parts = len(index)
+        self._num_frames = int(index[:, 3].sum())
+
+    @classmethod
+    def create(cls, url: str, attributes: StoreAttributes) -> EpisodeStoreWriter:
+        url = str(url)
+        fs, path = locations.filesystem(url)
+        if fs.exists(path):
+            raise StoreError(url, "already exists (stores are immutable: open it to continue writing)")
+        group = zarr.open_group(
+            store=locations.zarr_store(url, read_only=False), mode="w-", attributes=attributes.to_json()
+        )
+        common: dict[str, Any] = {"compressors": _compressors(), "fill_value": 0}
+        group.create_array("obs", shape=(0, *attributes.obs_shape), dtype=np.uint8,
+                           chunks=(FRAME_CHUNK, *attributes.obs_shape), **common)  # fmt: skip
+        for name in STEP_FIELDS:
+            group.create_array(name, shape=(0,), dtype=STEP_DTYPES[name], chunks=(STEP_CHUNK,), **common)
+        group.create_array("return", shape=(0,), dtype=np.float64, chunks=(INDEX_CHUNK,), **common)
+        if attributes.with_achievements:
+            group.create_array("achievements", shape=(0, len(CRAFTER_ACHIEVEMENTS)), dtype=np.int64,
+                               chunks=(INDEX_CHUNK, len(CRAFTER_ACHIEVEMENTS)), **common)  # fmt: skip
+        # Created last: a store without its index cannot be opened, so a half-created store is
+        # never mistaken for an empty one.
+        group.create_array("index", shape=(0, len(INDEX_COLUMNS)), dtype=np.int64,
+                           chunks=(INDEX_CHUNK, len(INDEX_COLUMNS)), **common)  # fmt: skip
+        return cls(url, group, attributes, np.zeros((0, len(INDEX_COLUMNS)), np.int64))
+
+    @classmethod
+    def open(cls, url: str) -> EpisodeStoreWriter:
+        """Reopen a store to append to it, dropping whatever a killed writer left uncommitted."""
+        url = str(url)
+        committed = EpisodeStore(url)  # raises, and deletes nothing, if the store is unusable
+        fs, path = locations.filesystem(url)
+        for stray in fs.find(path):
+            if stray.endswith(".partial"):
+                fs.rm(stray)
+        group = _open_group(url, read_only=False)
+        n, m = committed.num_frames, len(committed.index)
+        sizes = {name: n for name in FIELDS} | {name: m for name in ("return", "achievements", "index")}
+        for name, size in sizes.items():
+            if name in group and (array := _array(group, name)).shape[0] != size:
+                array.resize((size, *array.shape[1:]))
+        return cls(url, group, committed.attributes, committed.index)
+
+    @property
+    def num_frames(self) -> int:
+        return self._num_frames
+
+    def append(self, episode: Episode, *, episode_id: int, part: int = 0) -> StoredPart:
+        """Commit ``episode`` as part ``part`` of episode ``episode_id``.
+
+        An unfinished episode is written as a part and continued (same ``episode_id``,
+        ``part + 1``, only the new steps) in the next iteration's store.
+        """
+        self._check_episode(episode)
+        length = len(episode)
+        stored = StoredPart(episode_id, part, self._num_frames, length, episode.is_finished)
+        row = np.array([[episode_id, part, stored.start, length, int(stored.finished)]], dtype=np.int64)
+        ret = np.array([episode.episode_return], dtype=np.float64)
+        achievements = self._achievements(episode) if self.attributes.with_achievements else None
+        validate_table(_table_frame(row, ret, achievements, self.attributes), self.url)
+
+        arrays = self._arrays
+        data = {
+            "obs": episode.obs,
+            **{name: getattr(episode, name).astype(STEP_DTYPES[name]) for name in STEP_FIELDS},
+        }
+
+        async def commit() -> None:
+            await asyncio.gather(*(arrays[name].append(values) for name, values in data.items()))
+            table = [arrays["return"].append(ret)]
+            if achievements is not None:
+                table.append(arrays["achievements"].append(achievements))
+            await asyncio.gather(*table)
+            await arrays["index"].append(row)  # the commit
+
+        sync(commit())
+        self._num_parts += 1
+        self._num_frames += length
+        return stored
+
+    def _check_episode(self, episode: Episode) -> None:
+        problems = []
+        if len(episode) == 0:
+            problems.append("is empty")
+        if episode.obs.shape[1:] != self.attributes.obs_shape:
+            problems.append(
+                f"has frames of shape {episode.obs.shape[1:]}, the store {self.attributes.obs_shape}"
+            )
+        if len(episode) and episode.end[:-1].any():
+            problems.append("has an end before its last step")
+        if (episode.trunc.astype(bool) & ~episode.end.astype(bool)).any():
+            problems.append("has a truncation without an end")
+        info = np.iinfo(np.int16)
+        if len(episode) and (episode.act.min() < info.min or episode.act.max() > info.max):
+            problems.append("has actions outside int16")
+        if problems:
+            raise StoreError(self.url, "episode " + ", ".join(problems))
+
+    def _achievements(self, episode: Episode) -> np.ndarray:
+        counters = episode.info.get("achievements")
+        if not isinstance(counters, Mapping) or set(counters) != set(CRAFTER_ACHIEVEMENTS):
+            raise TableValidationError(
+                self.url,
+                "episode.info['achievements'] must map each of the 22 Crafter achievements to a count",
+            )
+        return np.array([[int(counters[name]) for name in CRAFTER_ACHIEVEMENTS]], dtype=np.int64)
