@@ -220,3 +220,10 @@ def test_console_script_runs_the_paper_override_example() -> None:
     bad = subprocess.run([*cmd[:3], "training.learning_rate=-1"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2
     assert "training.learning_rate" in bad.stderr
+
+
+def test_the_workspace_params_yaml_is_valid_and_plain() -> None:
+    path = Path(__file__).resolve().parents[2] / "params.yaml"
+    config = load_config(params_file=path)
+    assert config == load_config(params="quickstart")
+    assert "${" not in path.read_text()
