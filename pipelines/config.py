@@ -29,6 +29,7 @@ from iris_core.config import ConfigError, IrisConfig, config_to_dict, prefix_con
 DEFAULT_ENV = "crafter"
 DEFAULT_PARAMS = "crafter"
 PRESET_GROUPS = ("env", "params")
+BASE_PARAMS = "crafter"  # the complete preset that partial presets are merged over
 
 
 class ConfigLoadError(ConfigError):
@@ -238,6 +239,10 @@ def merged_config(
         params_cfg = _load_preset("params", params or DEFAULT_PARAMS, root)
         if "env" in params_cfg:
             raise ConfigLoadError("params", "a params preset must not contain an 'env' section")
+        # Presets may list only what differs from the paper's Crafter values: merging them over the
+        # complete Crafter preset makes every written params.yaml complete (each key a DVC param).
+        if (params or DEFAULT_PARAMS) != BASE_PARAMS and (root / "params" / f"{BASE_PARAMS}.yaml").is_file():
+            layers.append(_load_preset("params", BASE_PARAMS, root))
         layers.append(params_cfg)
         layers.append(OmegaConf.create({"env": _load_preset("env", env or DEFAULT_ENV, root)}))
     layers.append(_parse_overrides(values))
