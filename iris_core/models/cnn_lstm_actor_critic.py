@@ -1,0 +1,173 @@
+"""The policy/value network: frame CNN → LSTMCell → actor and critic heads (spec §5 "Network").
+
+It reads pixels only (real frames in the environment, decoded frames in imagination), one frame
+per call, and keeps its recurrent state ``(hx, cx)`` inside the module: ``reset(n)`` zeroes it for
+``n`` parallel streams, ``clear()`` drops it. Glossary: ``obs`` frames float in [0, 1],
+``logits_act`` (N, num_actions), ``value_out`` (N, num_value_outputs): 255 two-hot logits over
+symlog values (Crafter) or one scalar value (Atari).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from iris_core.config import ActorCriticConfig
+from iris_core.models.convnet import FrameEncoder
+
+# Frames per CNN call when many frames are encoded at once (burn-in, target unrolls, gradient
+# recomputation): bounds the activation memory without changing any result.
+FRAMES_PER_CHUNK = 64
+
+LstmState = tuple[Tensor, Tensor]
+
+
+@dataclass
+class ActorCriticOutput:
+    logits_act: Tensor  # (N, num_actions)
+    value_out: Tensor  # (N, num_value_outputs)
+
+
+class CnnLstmActorCritic(nn.Module):
+    def __init__(self, config: ActorCriticConfig, image_channels: int) -> None:
+        super().__init__()
+        assert config.num_actions is not None, "set num_actions (IrisConfig.with_num_actions) first"
+        self.config = config
+        self.frame_encoder = FrameEncoder(config.frame_encoder, in_channels=image_channels)
+        self.lstm = nn.LSTMCell(config.lstm_input_dim, config.lstm_dim)
+        self.actor_linear = nn.Linear(config.lstm_dim, config.num_actions)
+        self.critic_linear = nn.Linear(config.lstm_dim, config.num_value_outputs)
+        # A zero critic predicts value 0 everywhere at the start (both for two-hot and scalar).
+        nn.init.zeros_(self.critic_linear.weight)
+        nn.init.zeros_(self.critic_linear.bias)
+        self.hx: Tensor | None = None
+        self.cx: Tensor | None = None
+
+    # --- recurrent state ----------------------------------------------------------------------
+
+    def reset(self, n: int) -> None:
+        """Zero state for ``n`` streams (on the module's device)."""
+        device = self.lstm.weight_hh.device
+        self.hx = torch.zeros(n, self.config.lstm_dim, device=device)
+        self.cx = torch.zeros(n, self.config.lstm_dim, device=device)
+
+    def clear(self) -> None:
+        self.hx, self.cx = None, None
+
+    @property
+    def state(self) -> LstmState:
+        assert self.hx is not None and self.cx is not None, "no recurrent state: call reset(n) first"
+        return self.hx, self.cx
+
+    @state.setter
+    def state(self, state: LstmState) -> None:
+        self.hx, self.cx = state
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def encode(self, obs: Tensor) -> Tensor:
+        """``(N, C, H, W)`` frames → ``(N, lstm_input_dim)`` features, the map flattened (h, w, c)."""
+        assert obs.ndim == 4, f"expected (N, C, H, W) frames, got {tuple(obs.shape)}"
+        features: Tensor = rearrange(self.frame_encoder(obs), "n c h w -> n (h w c)")
+        return features
+
+    def encode_many(self, obs: Tensor) -> Tensor:
+        """:meth:`encode` of many frames, ``FRAMES_PER_CHUNK`` at a time (same result, less memory)."""
+        return torch.cat([self.encode(chunk) for chunk in _chunks(obs)])
+
+    def step(self, features: Tensor) -> ActorCriticOutput:
+        """One LSTM step on ``(N, lstm_input_dim)`` features; updates the state, returns the heads."""
+        hx, cx = self.state
+        assert features.shape == (hx.size(0), self.config.lstm_input_dim), (
+            f"expected ({hx.size(0)}, {self.config.lstm_input_dim}) features, got {tuple(features.shape)}"
+        )
+        self.hx, self.cx = self.lstm(features, (hx, cx))
+        return ActorCriticOutput(self.actor_linear(self.hx), self.critic_linear(self.hx))
+
+    def forward(self, obs: Tensor) -> ActorCriticOutput:
+        """One frame per stream: ``(N, C, H, W)`` → heads after consuming it."""
+        return self.step(self.encode(obs))
+
+    def unroll(self, obs: Tensor) -> ActorCriticOutput:
+        """Consume ``(N, T, C, H, W)`` frames in order → heads ``(N, T, ·)``.
+
+        The CNN sees all N·T frames in chunks (it has no recurrence); only the LSTM is sequential.
+        """
+        n, t = obs.shape[:2]
+        assert obs.ndim == 5, f"expected (N, T, C, H, W) frames, got {tuple(obs.shape)}"
+        features = self.encode_many(obs.flatten(0, 1)).view(n, t, -1) if t > 0 else None
+        outputs = [self.step(features[:, i]) for i in range(t)] if features is not None else []
+        return _stack(outputs, n, self)
+
+    @torch.no_grad()
+    def burn_in(self, obs: Tensor) -> None:
+        """Advance the state over ``(N, T, C, H, W)`` real frames, without gradients (spec §5)."""
+        self.unroll(obs)
+
+    def features_for_backprop(self, obs: Tensor, features: Tensor) -> Tensor:
+        """``features`` (already computed from ``obs`` without gradients) with a backward pass.
+
+        The backward recomputes the CNN ``FRAMES_PER_CHUNK`` frames at a time, so the CNN
+        activations of all imagined frames never need to be alive together. Same gradients as
+        a forward with autograd, at the cost of one extra CNN forward.
+        """
+        assert obs.ndim == 4 and features.shape == (obs.size(0), self.config.lstm_input_dim), (
+            tuple(obs.shape),
+            tuple(features.shape),
+        )
+        params = tuple(p for p in self.frame_encoder.parameters() if p.requires_grad)
+        output = _RecomputedEncoding.apply(self, obs.detach(), features.detach(), *params)  # type: ignore[no-untyped-call]
+        assert isinstance(output, Tensor)
+        return output
+
+
+def _chunks(x: Tensor) -> list[Tensor]:
+    return [x[i : i + FRAMES_PER_CHUNK] for i in range(0, x.size(0), FRAMES_PER_CHUNK)]
+
+
+def _stack(outputs: list[ActorCriticOutput], n: int, model: CnnLstmActorCritic) -> ActorCriticOutput:
+    if not outputs:
+        device = model.lstm.weight_hh.device
+        return ActorCriticOutput(
+            torch.zeros(n, 0, model.actor_linear.out_features, device=device),
+            torch.zeros(n, 0, model.critic_linear.out_features, device=device),
+        )
+    return ActorCriticOutput(
+        torch.stack([o.logits_act for o in outputs], dim=1),
+        torch.stack([o.value_out for o in outputs], dim=1),
+    )
+
+
+class _RecomputedEncoding(torch.autograd.Function):
+    """Identity on precomputed CNN features whose backward re-runs the CNN chunk by chunk."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, model: CnnLstmActorCritic, obs: Tensor, features: Tensor, *params: Tensor
+    ) -> Tensor:
+        device_type = obs.device.type
+        ctx.model = model
+        ctx.params = params
+        # The recomputation must run under the same mixed precision as the original forward.
+        ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        ctx.save_for_backward(obs)
+        return features.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_features: Tensor) -> tuple[Tensor | None, ...]:
+        (obs,) = ctx.saved_tensors
+        model: CnnLstmActorCritic = ctx.model
+        params: tuple[Tensor, ...] = ctx.params
+        enabled, dtype = ctx.autocast
+        grads = [torch.zeros_like(p) for p in params]
+        with torch.enable_grad(), torch.autocast(obs.device.type, dtype=dtype, enabled=enabled):
+            for obs_chunk, grad_chunk in zip(_chunks(obs), _chunks(grad_features), strict=True):
+                chunk_grads = torch.autograd.grad(model.encode(obs_chunk), params, grad_chunk)
+                torch._foreach_add_(grads, chunk_grads)
+        return (None, None, None, *grads)
