@@ -1,0 +1,329 @@
+"""Building environments from an :class:`~iris_core.config.EnvSpec`, and stepping many at once.
+
+:class:`BatchEnv` has the reference's multi-process semantics (spec §7), not gymnasium's
+auto-reset: the batch is reset only when *every* env is done, so all envs start their episodes
+together; an env that is done keeps returning its final transition (and is not stepped) until that
+reset; ``BatchStep.was_running`` says which envs were still running before the step, which is what
+collection counts as steps. Observations come out channel-first, ``(N, C, H, W)`` uint8.
+
+Envs run in this process (``num_workers=0``: best on 2 cores) or in worker processes, each owning a
+contiguous group of envs (worth it on a many-core machine). Either way the envs' full state can be
+taken out with :meth:`BatchEnv.env_states` and put back with :meth:`BatchEnv.load_env_states`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from iris_core.config import EnvSpec
+from iris_core.envs.atari import make_atari
+from iris_core.envs.crafter import make_crafter
+
+Obs = np.ndarray
+
+
+class SeedFirstReset(gymnasium.Wrapper[Obs, Any, Obs, Any]):
+    """Seeds the first reset with ``seed`` (later resets continue the env's own random stream)."""
+
+    def __init__(self, env: gymnasium.Env[Obs, Any], seed: int) -> None:
+        super().__init__(env)
+        self.pending_seed: int | None = seed
+        self.action_space.seed(seed)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Obs, dict[str, Any]]:
+        if seed is None:
+            seed, self.pending_seed = self.pending_seed, None
+        else:
+            self.pending_seed = None
+        return self.env.reset(seed=seed, options=options)
+
+
+def make_env(spec: EnvSpec, seed: int) -> gymnasium.Env[Obs, Any]:
+    """One environment as the paper builds it (spec §7), seeded with ``seed`` at its first reset."""
+    env: gymnasium.Env[Obs, Any]
+    if spec.kind == "crafter":
+        env = make_crafter(size=spec.size, max_episode_steps=spec.max_episode_steps)
+    elif spec.kind == "atari":
+        assert spec.id is not None, "an Atari EnvSpec names its game"
+        env = make_atari(
+            spec.id,
+            size=spec.size,
+            max_episode_steps=spec.max_episode_steps,
+            noop_max=spec.noop_max,
+            frame_skip=spec.frame_skip,
+            done_on_life_loss=spec.done_on_life_loss,
+            clip_reward=spec.clip_reward,
+        )
+    else:
+        raise ValueError(f"unknown env kind {spec.kind!r} (expected 'crafter' or 'atari')")
+    return SeedFirstReset(env, seed)
+
+
+def num_actions_of(env: gymnasium.Env[Obs, Any]) -> int:
+    space = env.action_space
+    assert isinstance(space, gymnasium.spaces.Discrete), space
+    return int(space.n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched stepping with reset-together semantics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchStep:
+    obs: np.ndarray  # (N, C, H, W) uint8; a done env repeats its final observation
+    rew: np.ndarray  # (N,) float32
+    terminated: np.ndarray  # (N,) bool
+    truncated: np.ndarray  # (N,) bool
+    infos: list[dict[str, Any]]  # per env, that env's last info
+    was_running: np.ndarray  # (N,) bool: the env was running before this step (it really stepped)
+
+    @property
+    def done(self) -> np.ndarray:
+        done: np.ndarray = np.logical_or(self.terminated, self.truncated)
+        return done
+
+
+_Transition = tuple[Obs, float, bool, bool, dict[str, Any]]
+
+
+class _LocalGroup:
+    """Envs in this process."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], gymnasium.Env[Obs, Any]]]) -> None:
+        self.envs = [fn() for fn in env_fns]
+
+    def reset(self, indices: Sequence[int]) -> list[tuple[Obs, dict[str, Any]]]:
+        return [self.envs[i].reset() for i in indices]
+
+    def step(self, indices: Sequence[int], actions: Sequence[Any]) -> list[_Transition]:
+        out = []
+        for i, a in zip(indices, actions, strict=True):
+            obs, rew, terminated, truncated, info = self.envs[i].step(a)
+            out.append((obs, float(rew), bool(terminated), bool(truncated), info))
+        return out
+
+    def get_states(self) -> list[bytes]:
+        return [pickle.dumps(env) for env in self.envs]
+
+    def set_states(self, states: Sequence[bytes]) -> None:
+        self.envs = [pickle.loads(s) for s in states]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker(conn: Connection, env_fns_bytes: bytes) -> None:
+    group = _LocalGroup(pickle.loads(env_fns_bytes))
+    while True:
+        command, args = conn.recv()
+        if command == "close":
+            group.close()
+            conn.close()
+            return
+        conn.send(getattr(group, command)(*args))
+
+
+class _ProcessGroup:
+    """Envs in one worker process; the same interface as :class:`_LocalGroup`, over a pipe."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], gymnasium.Env[Obs, Any]]], context: Any) -> None:
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_worker, args=(child, pickle.dumps(list(env_fns))), daemon=True
+        )
+        self._process.start()
+        child.close()
+
+    def send(self, command: str, *args: Any) -> None:
+        self._conn.send((command, args))
+
+    def recv(self) -> Any:
+        return self._conn.recv()
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.send("close")
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.terminate()
+
+
+class BatchEnv:
+    """``num_envs`` environments stepped together, reset together (see the module docstring)."""
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gymnasium.Env[Obs, Any]]],
+        num_workers: int = 0,
+        start_method: str = "spawn",
+    ) -> None:
+        self.num_envs = len(env_fns)
+        assert self.num_envs > 0
+        probe = env_fns[0]()
+        self.num_actions = num_actions_of(probe)
+        self.single_obs_shape: tuple[int, ...] = tuple(probe.observation_space.shape or ())
+        probe.close()
+        # Groups of contiguous env indices; group g owns envs [bounds[g], bounds[g+1]).
+        num_groups = max(1, min(num_workers, self.num_envs))
+        self._bounds = np.linspace(0, self.num_envs, num_groups + 1).round().astype(int).tolist()
+        if num_workers <= 0:
+            self._local: _LocalGroup | None = _LocalGroup(env_fns)
+            self._procs: list[_ProcessGroup] = []
+        else:
+            context = mp.get_context(start_method)
+            self._local = None
+            self._procs = [
+                _ProcessGroup(env_fns[lo:hi], context)
+                for lo, hi in zip(self._bounds, self._bounds[1:], strict=False)
+            ]
+        self._running = np.zeros(self.num_envs, dtype=bool)
+        self._last: list[_Transition | None] = [None] * self.num_envs
+
+    # -- dispatch to the groups --------------------------------------------------------------
+
+    def _call(self, command: str, per_env: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+        """Run ``command`` for the envs in ``per_env`` (env index -> extra args), grouped."""
+        if self._local is not None:
+            indices = sorted(per_env)
+            args = [per_env[i] for i in indices]
+            results: list[Any]
+            if command == "reset":
+                results = self._local.reset(indices)
+            else:
+                results = self._local.step(indices, [a[0] for a in args])
+            return dict(zip(indices, results, strict=True))
+        jobs = []
+        for group, (lo, hi) in zip(
+            self._procs, zip(self._bounds, self._bounds[1:], strict=False), strict=True
+        ):
+            indices = [i for i in sorted(per_env) if lo <= i < hi]
+            if not indices:
+                continue
+            local = [i - lo for i in indices]
+            if command == "reset":
+                group.send("reset", local)
+            else:
+                group.send("step", local, [per_env[i][0] for i in indices])
+            jobs.append((group, indices))
+        out: dict[int, Any] = {}
+        for group, indices in jobs:
+            out.update(zip(indices, group.recv(), strict=True))
+        return out
+
+    # -- the vector-env API ------------------------------------------------------------------
+
+    def reset(self, mask: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Reset every env (or only those in ``mask``; the others count as done and stay idle)."""
+        active = np.ones(self.num_envs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        results = self._call("reset", {int(i): () for i in np.flatnonzero(active)})
+        obs = np.zeros((self.num_envs, *self.single_obs_shape), dtype=np.uint8)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        self._last = [None] * self.num_envs
+        for i, (o, info) in results.items():
+            obs[i], infos[i] = o, info
+            # An idle env repeats this "transition" if stepped.
+            self._last[i] = (o, 0.0, False, False, info)
+        for idle in np.flatnonzero(~active):
+            self._last[idle] = (obs[idle], 0.0, False, False, {})
+        self._running = active.copy()
+        return _channel_first(obs), infos
+
+    def step(self, actions: np.ndarray) -> BatchStep:
+        actions = np.asarray(actions)
+        assert actions.shape == (self.num_envs,), actions.shape
+        was_running = self._running.copy()
+        results = self._call("step", {int(i): (actions[i],) for i in np.flatnonzero(was_running)})
+        for i, transition in results.items():
+            self._last[i] = transition
+            if transition[2] or transition[3]:
+                self._running[i] = False
+        transitions = self._last
+        assert all(t is not None for t in transitions), "step() before reset()"
+        obs = np.stack([t[0] for t in transitions if t is not None])
+        return BatchStep(
+            obs=_channel_first(obs),
+            rew=np.array([t[1] for t in transitions if t is not None], dtype=np.float32),
+            terminated=np.array([t[2] for t in transitions if t is not None], dtype=bool),
+            truncated=np.array([t[3] for t in transitions if t is not None], dtype=bool),
+            infos=[t[4] for t in transitions if t is not None],
+            was_running=was_running,
+        )
+
+    @property
+    def running(self) -> np.ndarray:
+        """``(N,)`` bool: envs whose episode is still going."""
+        return self._running.copy()
+
+    @property
+    def all_done(self) -> bool:
+        return not self._running.any()
+
+    # -- checkpointing -----------------------------------------------------------------------
+
+    def env_states(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from here: pickled envs and the done tracking."""
+        if self._local is not None:
+            envs = self._local.get_states()
+        else:
+            envs = []
+            for group in self._procs:
+                group.send("get_states")
+            for group in self._procs:
+                envs.extend(group.recv())
+        return {"envs": envs, "running": self._running.copy(), "last": pickle.dumps(self._last)}
+
+    def load_env_states(self, state: dict[str, Any]) -> None:
+        envs = state["envs"]
+        assert len(envs) == self.num_envs, (len(envs), self.num_envs)
+        if self._local is not None:
+            self._local.set_states(envs)
+        else:
+            for group, (lo, hi) in zip(
+                self._procs, zip(self._bounds, self._bounds[1:], strict=False), strict=True
+            ):
+                group.send("set_states", envs[lo:hi])
+            for group in self._procs:
+                group.recv()
+        self._running = np.asarray(state["running"], dtype=bool).copy()
+        self._last = pickle.loads(state["last"])
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+        for group in self._procs:
+            group.close()
+
+
+def _channel_first(obs: np.ndarray) -> np.ndarray:
+    """``(N, H, W, C)`` -> ``(N, C, H, W)``, contiguous (the layout of stored frames and networks)."""
+    return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
+
+
+def make_batch_env(spec: EnvSpec, num_envs: int, seed: int, num_workers: int = 0) -> BatchEnv:
+    """``num_envs`` envs of ``spec``; env ``i`` is seeded with ``seed + i``."""
+    return BatchEnv([_EnvFn(spec, seed + i) for i in range(num_envs)], num_workers=num_workers)
+
+
+@dataclass(frozen=True)
+class _EnvFn:
+    """A picklable env constructor (worker processes are spawned)."""
+
+    spec: EnvSpec
+    seed: int
+
+    def __call__(self) -> gymnasium.Env[Obs, Any]:
+        return make_env(self.spec, self.seed)
