@@ -47,16 +47,18 @@ _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (32 - 8 
 
 
 @cache
-def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
-    """``(out_size, in_size)`` fixed-point weights of Pillow's antialiased bilinear filter.
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and fixed-point weights, both ``(out_size, K)``, of Pillow's antialiased
+    bilinear filter along one axis (unused taps have weight 0).
 
     Pillow widens the triangle filter by the downscaling factor (so every source pixel
-    contributes), normalises each row in double precision, then rounds to 22-bit integers.
+    contributes), normalises each output's weights in double precision, then rounds them to
+    22-bit integers.
     """
     scale = in_size / out_size
     filter_scale = max(scale, 1.0)
     support = 1.0 * filter_scale
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = []
     for i in range(out_size):
         center = (i + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
@@ -65,19 +67,26 @@ def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
         total = taps.sum()
         if total != 0.0:
             taps = taps / total
-        fixed = np.where(taps < 0, -0.5 + taps * (1 << _PRECISION_BITS), 0.5 + taps * (1 << _PRECISION_BITS))
-        weights[i, lo:hi] = np.trunc(fixed)
-    return weights
+        rows.append((lo, np.trunc(0.5 + taps * (1 << _PRECISION_BITS))))  # weights are >= 0
+    num_taps = max(len(w) for _, w in rows)
+    indices = np.zeros((out_size, num_taps), dtype=np.intp)
+    weights = np.zeros((out_size, num_taps), dtype=np.int32)
+    for i, (lo, w) in enumerate(rows):
+        indices[i, : len(w)] = np.arange(lo, lo + len(w))
+        weights[i, : len(w)] = w
+    return indices, weights
 
 
-def _resample_rows(weights: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """One Pillow pass along axis 0: integer-weighted sums, rounded, shifted and clipped to uint8.
-
-    In float64 every product and sum is an exact integer (< 2**53), so this equals Pillow's
-    32-bit integer arithmetic.
-    """
-    acc = np.tensordot(weights, image.astype(np.float64), axes=(1, 0)) + float(1 << (_PRECISION_BITS - 1))
-    return np.clip(np.floor(acc / float(1 << _PRECISION_BITS)), 0, 255).astype(np.uint8)
+def _resample_rows(image: np.ndarray, out_size: int) -> np.ndarray:
+    """One Pillow pass along axis 0, in Pillow's 32-bit integer arithmetic: weighted sums plus a
+    rounding half, shifted back and clipped to uint8."""
+    indices, weights = _bilinear_taps(image.shape[0], out_size)
+    x = image.astype(np.int32)
+    acc = np.full((out_size, *image.shape[1:]), 1 << (_PRECISION_BITS - 1), dtype=np.int32)
+    extra = (slice(None),) + (None,) * (image.ndim - 1)
+    for k in range(indices.shape[1]):
+        acc += x[indices[:, k]] * weights[:, k][extra]
+    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -92,10 +101,10 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     def horizontal(x: np.ndarray) -> np.ndarray:
         if in_width == width:
             return x
-        return _resample_rows(_bilinear_weights(in_width, width), x.transpose(1, 0, 2)).transpose(1, 0, 2)
+        return _resample_rows(x.transpose(1, 0, 2), width).transpose(1, 0, 2)
 
     def vertical(x: np.ndarray) -> np.ndarray:
-        return x if in_height == height else _resample_rows(_bilinear_weights(in_height, height), x)
+        return x if in_height == height else _resample_rows(x, height)
 
     out = (
         horizontal(vertical(image))

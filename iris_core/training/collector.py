@@ -54,8 +54,9 @@ class EpisodeSink(Protocol):
     """Where collected steps go (episode storage implements it).
 
     ``part`` holds steps ``[start, start + len(part))`` of episode ``episode_id``; parts of one
-    episode arrive in order, and the last one has ``finished=True`` (its final ``end`` is 1, its
-    ``info`` holds per-episode facts such as Crafter's ``achievements``). A part is never empty.
+    episode arrive in order, and the last one has ``finished=True`` (its final ``end`` is 1).
+    Every part's ``info`` holds the per-episode facts known at its last step, such as Crafter's
+    ``achievements`` counters so far. A part is never empty.
     """
 
     def write(self, episode_id: int, part: Episode, *, start: int, finished: bool) -> None: ...
@@ -87,6 +88,7 @@ class _OngoingEpisode:
     action_counts: np.ndarray | None = None
     tail: np.ndarray | None = None  # the last burn_in_length frames already written
     finished: bool = False
+    last_info: dict[str, Any] = field(default_factory=dict)  # info of the last recorded step
     obs: list[np.ndarray] = field(default_factory=list)
     act: list[int] = field(default_factory=list)
     rew: list[float] = field(default_factory=list)
@@ -108,10 +110,15 @@ class _OngoingEpisode:
             self.action_counts = np.zeros(num_actions, dtype=np.int64)
         self.action_counts[act] += 1
 
-    def flush(self, sink: EpisodeSink | None, burn_in_length: int, info: dict[str, object]) -> None:
-        """Write the buffered steps as one part and keep the last frames for the next burn-in."""
+    def flush(self, sink: EpisodeSink | None, burn_in_length: int) -> None:
+        """Write the buffered steps as one part and keep the last frames for the next burn-in.
+
+        Every part carries the per-episode facts known at its last step (Crafter: achievement
+        counters so far), so storage can tabulate parts without waiting for the episode's end.
+        """
         if not self.obs:
             return
+        info = _episode_info(self.last_info)
         part = Episode(
             obs=np.stack(self.obs),
             act=np.array(self.act, dtype=np.int64),
@@ -166,12 +173,12 @@ def _record_step(
         # A time limit hit together with death counts as death: ``trunc`` marks pure timeouts.
         trunc = bool(step.truncated[i] and not step.terminated[i])
         episode.append(obs[i], int(act[i]), float(step.rew[i]), done, trunc, num_actions)
+        episode.last_info = step.infos[i]
         if done:
             episode.finished = True
-            info = _episode_info(step.infos[i])
-            episode.flush(sink, burn_in_length, info)
+            episode.flush(sink, burn_in_length)
             assert episode.action_counts is not None
-            achievements = info.get("achievements")
+            achievements = _episode_info(episode.last_info).get("achievements")
             finished.append(
                 EpisodeMetrics(
                     episode_id=episode.episode_id,
@@ -273,7 +280,7 @@ class Collector:
 
         for episode in self._episodes:
             if not episode.finished:
-                episode.flush(self.sink, self.burn_in_length, {})
+                episode.flush(self.sink, self.burn_in_length)
         self._excess_steps = steps - target
         result.num_steps = steps
         return result
