@@ -309,7 +309,13 @@ class EpisodeStoreWriter:
 
     @property
     def num_frames(self) -> int:
+        """Committed steps: where the next part starts."""
         return self._num_frames
+
+    @property
+    def num_parts(self) -> int:
+        """Committed index rows."""
+        return self._num_parts
 
     def append(self, episode: Episode, *, episode_id: int, part: int = 0) -> StoredPart:
         """Commit ``episode`` as part ``part`` of episode ``episode_id``.
