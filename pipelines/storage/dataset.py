@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,17 @@ from pipelines.storage.tables import ACHIEVEMENT_PREFIX, empty_table, validate_t
 
 SEGMENT_FIELDS = ("obs", "act", "rew", "end")
 _EMPTY = np.zeros(0, np.int64)
+
+
+class Read(NamedTuple):
+    """Steps ``[store_start, store_stop)`` of ``store`` fill positions ``[lo, hi)`` of segment ``segment``."""
+
+    segment: int
+    lo: int
+    hi: int
+    store: EpisodeStore
+    store_start: int
+    store_stop: int
 
 
 class ZarrEpisodeDataset:
@@ -101,25 +113,9 @@ class ZarrEpisodeDataset:
     def episode_lengths(self) -> np.ndarray:
         return self._lengths.copy()
 
-    def load_segments(self, segment_ids: Sequence[SegmentId]) -> list[Segment]:
-        """Zero-padded segments; all reads of the batch run concurrently, each touching only the
-        chunks its frames fall in."""
-        if not segment_ids:
-            return []
-        L = segment_ids[0].stop - segment_ids[0].start
-        assert all(s.stop - s.start == L for s in segment_ids), "segments of one batch must have equal length"
-        B = len(segment_ids)
-        obs_shape = self.stores[0].attributes.obs_shape
-        out: dict[str, np.ndarray] = {
-            "obs": np.zeros((B, L, *obs_shape), np.uint8),
-            "act": np.zeros((B, L), np.int64),
-            "rew": np.zeros((B, L), np.float32),
-            "end": np.zeros((B, L), np.uint8),
-        }
-        mask = np.zeros((B, L), bool)
-
-        # (segment, first and last position in the segment, store, first and last step in the store)
-        reads: list[tuple[int, int, int, EpisodeStore, int, int]] = []
+    def plan_reads(self, segment_ids: Sequence[SegmentId]) -> list[Read]:
+        """The contiguous store ranges that make up each segment (one per part it overlaps)."""
+        reads = []
         for k, sid in enumerate(segment_ids):
             e, start, stop = sid.episode_id, sid.start, sid.stop
             length = int(self._lengths[e])
@@ -127,23 +123,42 @@ class ZarrEpisodeDataset:
                 f"segment {sid} misses the episode ({length})"
             )
             lo, hi = max(0, start), min(length, stop)
-            mask[k, lo - start : hi - start] = True
             for p in range(self._first_part[e], self._first_part[e + 1]):
                 offset, part_length = int(self._part_offset[p]), int(self._part_length[p])
                 a, b = max(lo, offset), min(hi, offset + part_length)
                 if a < b:
-                    base = int(self._part_start[p]) - offset
+                    base = int(self._part_start[p]) - offset  # store step of episode step 0
                     store = self.stores[int(self._part_store[p])]
-                    reads.append((k, a - start, b - start, store, base + a, base + b))
+                    reads.append(Read(k, a - start, b - start, store, base + a, base + b))
+        return reads
+
+    def load_segments(self, segment_ids: Sequence[SegmentId]) -> list[Segment]:
+        """Zero-padded segments. All reads of the batch run concurrently on zarr's event loop,
+        each fetching only the chunks its steps fall in."""
+        if not segment_ids:
+            return []
+        L = segment_ids[0].stop - segment_ids[0].start
+        assert all(s.stop - s.start == L for s in segment_ids), "segments of one batch must have equal length"
+        B = len(segment_ids)
+        out: dict[str, np.ndarray] = {
+            "obs": np.zeros((B, L, *self.stores[0].attributes.obs_shape), np.uint8),
+            "act": np.zeros((B, L), np.int64),
+            "rew": np.zeros((B, L), np.float32),
+            "end": np.zeros((B, L), np.uint8),
+        }
+        mask = np.zeros((B, L), bool)
+        reads = self.plan_reads(segment_ids)
 
         async def fetch() -> list[np.ndarray]:
-            jobs = [store.read(name, a, b) for name in SEGMENT_FIELDS for (_, _, _, store, a, b) in reads]
+            jobs = [r.store.read(name, r.store_start, r.store_stop) for name in SEGMENT_FIELDS for r in reads]
             return list(await asyncio.gather(*jobs))
 
         results = iter(sync(fetch()))
         for name in SEGMENT_FIELDS:
-            for k, lo, hi, *_ in reads:
-                out[name][k, lo:hi] = next(results)
+            for r in reads:
+                out[name][r.segment, r.lo : r.hi] = next(results)
+        for r in reads:
+            mask[r.segment, r.lo : r.hi] = True
         return [
             Segment(out["obs"][k], out["act"][k], out["rew"][k], out["end"][k], mask[k], sid)
             for k, sid in enumerate(segment_ids)
