@@ -86,7 +86,8 @@ def _resample_rows(image: np.ndarray, out_size: int) -> np.ndarray:
     extra = (slice(None),) + (None,) * (image.ndim - 1)
     for k in range(indices.shape[1]):
         acc += x[indices[:, k]] * weights[:, k][extra]
-    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    return out
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:

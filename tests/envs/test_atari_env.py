@@ -67,11 +67,13 @@ def test_max_and_skip_on_real_frames() -> None:
     pooled = make_atari(GAME, max_episode_steps=1000, noop_max=0, frame_skip=4, done_on_life_loss=False)
     raw.reset(seed=3)
     pooled.reset(seed=3)
-    for action in [1, 1, 2, 3, 2, 1]:
+    pooling_mattered = False
+    for action in [1, 1, 2, 3, 2, 1, 1, 1]:
         frames = [raw.step(action)[0] for _ in range(4)]
         obs = pooled.step(action)[0]
         np.testing.assert_array_equal(obs, np.maximum(frames[2], frames[3]))
-    assert any(not np.array_equal(a, b) for a, b in zip(frames[:-1], frames[1:], strict=True))
+        pooling_mattered |= not np.array_equal(obs, frames[3])
+    assert pooling_mattered
 
 
 @pytest.mark.parametrize("shape", [(210, 160, 3), (250, 160, 3), (100, 37, 3), (30, 20, 3), (64, 64, 3)])
