@@ -55,7 +55,8 @@ class KVCache:
         assert end <= self.max_tokens, f"KV cache overflow: {self.size} cached + {n} new > {self.max_tokens}"
         self.keys[layer, :, :, self.size : end] = k
         self.values[layer, :, :, self.size : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        # Under autocast the new keys may be in a lower precision than the buffers.
+        return self.keys[layer, :, :, :end].to(k.dtype), self.values[layer, :, :, :end].to(v.dtype)
 
     def advance(self, n: int) -> None:
         self.size += n

@@ -73,11 +73,12 @@ class Quantizer(nn.Module):
         """
         cfg = self.config
         size, num_vectors = cfg.codebook_size, z.size(0)
-        one_hot = F.one_hot(tokens, size).to(z.dtype)  # (M, C)
-        counts = one_hot.sum(dim=0)
+        # index_add rather than one_hot/bincount, which read the token range back from the device.
+        counts = z.new_zeros(size).index_add_(0, tokens, z.new_ones(num_vectors))
+        sums = z.new_zeros(size, z.size(1)).index_add_(0, tokens, z)
         # Each code moves towards the normalised mean of its vectors; unused codes only shrink,
         # which the renormalisation below undoes.
-        means = F.normalize((one_hot.t() @ z) / counts.clamp(min=1).unsqueeze(-1), dim=-1)
+        means = F.normalize(sums / counts.clamp(min=1).unsqueeze(-1), dim=-1)
         codebook = torch.lerp(self.codebook, means, 1.0 - cfg.codebook_ema_decay)
         freqs = torch.lerp(self.codewords_freqs, counts / num_vectors, 1.0 - cfg.usage_ema_decay)
         self.codewords_freqs.copy_(freqs)
@@ -93,11 +94,12 @@ class Quantizer(nn.Module):
 
         # A uniformly random subset of at most M dead codes, each given a distinct random z of
         # this batch: rank the dead codes in a random order and keep the first M ranks.
-        order = torch.randperm(size, device=z.device)
+        # (Random orders by sorting uniform noise: randperm may synchronise on accelerators.)
+        order = torch.rand(size, device=z.device).argsort()
         rank_in_order = torch.cumsum(dead[order].long(), dim=0) - 1
         rank = torch.empty_like(rank_in_order).scatter_(0, order, rank_in_order)
         revived = dead & (rank < num_vectors)
-        source = torch.randperm(num_vectors, device=z.device)[rank.clamp(0, num_vectors - 1)]
+        source = torch.rand(num_vectors, device=z.device).argsort()[rank.clamp(0, num_vectors - 1)]
         codebook = torch.where(revived.unsqueeze(-1), z[source], codebook)
         self.codewords_freqs.masked_fill_(revived, 1.0 / size)
 

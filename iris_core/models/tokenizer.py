@@ -97,7 +97,8 @@ class Tokenizer(nn.Module):
             torch.cat((context, act_tensor.to(context.dtype), q_map.to(context.dtype)), dim=1)
         )
         if should_clamp:
-            obs_next = obs_next.clamp(0.0, 1.0).mul(255).round().div(255)
+            # In float32: multiples of 1/255 are not representable in bfloat16.
+            obs_next = obs_next.float().clamp(0.0, 1.0).mul(255).round().div(255)
         return obs_next
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:

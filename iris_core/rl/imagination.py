@@ -37,8 +37,13 @@ class Imagination:
 
 
 def sample_categorical(logits: Tensor) -> Tensor:
-    """``(B, V)`` logits → ``(B,)`` samples at temperature 1 (no host sync)."""
-    return torch.multinomial(torch.softmax(logits.float(), dim=-1), num_samples=1).squeeze(-1)
+    """``(B, V)`` logits → ``(B,)`` samples of softmax(logits), i.e. at temperature 1.
+
+    Gumbel-max: argmax(logits − log E) with E ~ Exp(1) is an exact categorical sample, and unlike
+    ``torch.multinomial`` it never waits for the device to validate the probabilities.
+    """
+    noise = torch.empty_like(logits, dtype=torch.float32).exponential_().log()
+    return (logits.float() - noise).argmax(dim=-1)
 
 
 def imagine(
@@ -85,7 +90,7 @@ def imagine(
             out = world_model(inputs, kv_cache)[:, -1]  # action position
             logits_rewards = world_model.head_rewards(out)
             if two_hot_rews:
-                reward = symexp(bucket_expectation(logits_rewards.float(), support))
+                reward = symexp(bucket_expectation(logits_rewards.float(), support).float())
             else:
                 reward = (sample_categorical(logits_rewards) - 1).float()  # sign classes −1, 0, 1
             end = sample_categorical(world_model.head_ends(out))

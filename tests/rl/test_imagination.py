@@ -18,7 +18,7 @@ from iris_core.config import (
 from iris_core.models.kv_cache import KVCache
 from iris_core.models.tokenizer import Tokenizer
 from iris_core.models.world_model import WorldModel
-from iris_core.rl.imagination import imagine
+from iris_core.rl.imagination import imagine, sample_categorical
 from iris_core.rl.twohot import bucket_expectation, symexp
 
 A, B, T, H, K = 5, 3, 3, 4, 4  # actions, batch, real frames (T−1 burn-in transitions), horizon, tokens
@@ -63,10 +63,6 @@ def inputs() -> tuple[Tensor, Tensor]:
     return torch.rand(B, T, 3, 16, 16), torch.randint(0, A, (B, T - 1))
 
 
-def sample(logits: Tensor) -> Tensor:
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
-
-
 @torch.no_grad()
 def full_context_oracle(
     tokenizer: Tokenizer,
@@ -89,12 +85,14 @@ def full_context_oracle(
         if world_model.config.two_hot_rews:
             reward = symexp(bucket_expectation(logits_rewards, world_model.config.reward_support))
         else:
-            reward = sample(logits_rewards).float() - 1
-        end = sample(world_model.head_ends(last))
-        latents = [sample(world_model.head_latents(last))]
+            reward = sample_categorical(logits_rewards).float() - 1
+        end = sample_categorical(world_model.head_ends(last))
+        latents = [sample_categorical(world_model.head_latents(last))]
         for _ in range(K - 1):
             sequence.append(world_model.latents_emb(latents[-1])[:, None])
-            latents.append(sample(world_model.head_latents(world_model(torch.cat(sequence, dim=1))[:, -1])))
+            latents.append(
+                sample_categorical(world_model.head_latents(world_model(torch.cat(sequence, dim=1))[:, -1]))
+            )
         sequence.append(world_model.latents_emb(latents[-1])[:, None])
         frame = tokenizer.decode_tokens(frame, action, torch.stack(latents, dim=1), should_clamp=True)
         sequence.append(world_model.embed_frames(frame)[:, None])
@@ -213,3 +211,18 @@ def test_policy_gradients_survive_the_rollout() -> None:
     torch.stack(log_probs).sum().backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in [*tokenizer.parameters(), *world_model.parameters()])
+
+
+def test_sample_categorical_follows_the_softmax() -> None:
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).expand(40_000, 4)
+    counts = torch.bincount(sample_categorical(logits), minlength=4).float() / 40_000
+    torch.testing.assert_close(counts, torch.softmax(logits[0], -1), atol=0.01, rtol=0)
+
+
+def test_bf16_autocast_keeps_float32_quantised_outputs() -> None:
+    tokenizer, world_model = tiny_models()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rollout = imagine(tokenizer, world_model, random_policy, *inputs(), H)
+    assert rollout.obs.dtype == rollout.rew.dtype == torch.float32
+    imagined = rollout.obs[:, 1:]
+    assert torch.equal(imagined, (imagined * 255).round() / 255)
