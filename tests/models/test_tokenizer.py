@@ -154,3 +154,18 @@ def test_paper_sizes_forward_backward(preset: str, decoder_in: int, presets: dic
     losses, _ = tokenizer.compute_loss(make_batch(1, 2, 64, config.num_actions))
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in tokenizer.parameters())
+
+
+def test_seeded_training_steps_are_bit_identical(make_tokenizer_config: MakeConfig) -> None:
+    # Revival draws random codes and vectors: a collapsed usage makes every step revive.
+    results = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        tokenizer = Tokenizer(make_tokenizer_config(max_codebook_updates_with_revival=None))
+        tokenizer.quantizer.codewords_freqs.zero_()[0] = 1.0
+        losses, metrics = tokenizer.compute_loss(make_batch(2, 3, 16, 5))
+        assert metrics["codewords_revived"] > 0
+        results.append((losses, tokenizer.quantizer.codebook.clone()))
+    for key in results[0][0]:
+        assert torch.equal(results[0][0][key], results[1][0][key]), key
+    assert torch.equal(results[0][1], results[1][1])
