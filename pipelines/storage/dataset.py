@@ -149,14 +149,21 @@ class ZarrEpisodeDataset:
         mask = np.zeros((B, L), bool)
         reads = self.plan_reads(segment_ids)
 
-        async def fetch() -> list[np.ndarray]:
-            jobs = [r.store.read(name, r.store_start, r.store_stop) for name in SEGMENT_FIELDS for r in reads]
+        by_store: dict[int, list[Read]] = {}
+        for r in reads:
+            by_store.setdefault(id(r.store), []).append(r)
+        groups = [(name, rs) for rs in by_store.values() for name in SEGMENT_FIELDS]
+
+        async def fetch() -> list[list[np.ndarray]]:
+            jobs = [
+                rs[0].store.read_ranges(name, [(r.store_start, r.store_stop) for r in rs])
+                for name, rs in groups
+            ]
             return list(await asyncio.gather(*jobs))
 
-        results = iter(sync(fetch()))
-        for name in SEGMENT_FIELDS:
-            for r in reads:
-                out[name][r.segment, r.lo : r.hi] = next(results)
+        for (name, rs), arrays in zip(groups, sync(fetch()), strict=True):
+            for r, values in zip(rs, arrays, strict=True):
+                out[name][r.segment, r.lo : r.hi] = values
         for r in reads:
             mask[r.segment, r.lo : r.hi] = True
         return [
