@@ -21,8 +21,9 @@ from iris_core.config import ActorCriticConfig
 from iris_core.models.convnet import FrameEncoder
 
 # Frames per CNN call when many frames are encoded at once (burn-in, target unrolls, gradient
-# recomputation): bounds the activation memory without changing any result.
-FRAMES_PER_CHUNK = 64
+# recomputation): bounds the activation memory without changing any result. On CPU, small chunks
+# are also faster (their activations stay in cache); an accelerator may want larger ones.
+FRAMES_PER_CHUNK = 16
 
 LstmState = tuple[Tensor, Tensor]
 
@@ -34,8 +35,12 @@ class ActorCriticOutput:
 
 
 class CnnLstmActorCritic(nn.Module):
-    def __init__(self, config: ActorCriticConfig, image_channels: int) -> None:
+    def __init__(
+        self, config: ActorCriticConfig, image_channels: int, frames_per_chunk: int = FRAMES_PER_CHUNK
+    ) -> None:
         super().__init__()
+        assert frames_per_chunk > 0, f"frames_per_chunk must be > 0, got {frames_per_chunk}"
+        self.frames_per_chunk = frames_per_chunk
         assert config.num_actions is not None, "set num_actions (IrisConfig.with_num_actions) first"
         self.config = config
         self.frame_encoder = FrameEncoder(config.frame_encoder, in_channels=image_channels)
@@ -77,8 +82,8 @@ class CnnLstmActorCritic(nn.Module):
         return features
 
     def encode_many(self, obs: Tensor) -> Tensor:
-        """:meth:`encode` of many frames, ``FRAMES_PER_CHUNK`` at a time (same result, less memory)."""
-        return torch.cat([self.encode(chunk) for chunk in _chunks(obs)])
+        """:meth:`encode` of many frames, ``frames_per_chunk`` at a time (same result, less memory)."""
+        return torch.cat([self.encode(chunk) for chunk in _chunks(obs, self.frames_per_chunk)])
 
     def step(self, features: Tensor) -> ActorCriticOutput:
         """One LSTM step on ``(N, lstm_input_dim)`` features; updates the state, returns the heads."""
@@ -112,7 +117,7 @@ class CnnLstmActorCritic(nn.Module):
     def features_for_backprop(self, obs: Tensor, features: Tensor) -> Tensor:
         """``features`` (already computed from ``obs`` without gradients) with a backward pass.
 
-        The backward recomputes the CNN ``FRAMES_PER_CHUNK`` frames at a time, so the CNN
+        The backward recomputes the CNN ``frames_per_chunk`` frames at a time, so the CNN
         activations of all imagined frames never need to be alive together. Same gradients as
         a forward with autograd, at the cost of one extra CNN forward.
         """
@@ -126,8 +131,8 @@ class CnnLstmActorCritic(nn.Module):
         return output
 
 
-def _chunks(x: Tensor) -> list[Tensor]:
-    return [x[i : i + FRAMES_PER_CHUNK] for i in range(0, x.size(0), FRAMES_PER_CHUNK)]
+def _chunks(x: Tensor, size: int) -> list[Tensor]:
+    return [x[i : i + size] for i in range(0, x.size(0), size)]
 
 
 def _stack(outputs: list[ActorCriticOutput], n: int, model: CnnLstmActorCritic) -> ActorCriticOutput:
@@ -167,7 +172,8 @@ class _RecomputedEncoding(torch.autograd.Function):
         enabled, dtype = ctx.autocast
         grads = [torch.zeros_like(p) for p in params]
         with torch.enable_grad(), torch.autocast(obs.device.type, dtype=dtype, enabled=enabled):
-            for obs_chunk, grad_chunk in zip(_chunks(obs), _chunks(grad_features), strict=True):
+            size = model.frames_per_chunk
+            for obs_chunk, grad_chunk in zip(_chunks(obs, size), _chunks(grad_features, size), strict=True):
                 chunk_grads = torch.autograd.grad(model.encode(obs_chunk), params, grad_chunk)
                 torch._foreach_add_(grads, chunk_grads)
         return (None, None, None, *grads)

@@ -225,11 +225,11 @@ def test_frozen_models_keep_their_mode_and_codebook() -> None:
     assert torch.equal(tokenizer.quantizer.codebook, codebook)
 
 
-def test_recomputed_features_give_autograd_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cnn_lstm_actor_critic, "FRAMES_PER_CHUNK", 3)  # 7 frames: chunks of 3, 3, 1
+def test_recomputed_features_give_autograd_gradients() -> None:
     config = replace(actor_critic_config(5, True), frame_encoder=small_cnn(16))
     # float64, so that only the summation order differs and the comparison can be tight.
-    model = cnn_lstm_actor_critic.CnnLstmActorCritic(config, image_channels=3).double()
+    # 7 frames in chunks of 3, 3 and 1.
+    model = cnn_lstm_actor_critic.CnnLstmActorCritic(config, image_channels=3, frames_per_chunk=3).double()
     obs = torch.rand(7, 3, 64, 64, dtype=torch.float64)
     weights = torch.randn(7, config.lstm_input_dim, dtype=torch.float64)
 
