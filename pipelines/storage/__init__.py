@@ -2,13 +2,7 @@
 that implements ``iris_core``'s ``EpisodeSource``, and the pandera-validated episode table."""
 
 from pipelines.storage.dataset import ZarrEpisodeDataset
-from pipelines.storage.episode_store import (
-    SCHEMA_VERSION,
-    EpisodeStore,
-    EpisodeStoreWriter,
-    StoreAttributes,
-    StoredPart,
-)
+from pipelines.storage.episode_store import SCHEMA_VERSION, EpisodeStore, StoreAttributes, StoredPart
 from pipelines.storage.errors import (
     SchemaVersionError,
     StoreCorruptedError,
@@ -17,6 +11,7 @@ from pipelines.storage.errors import (
     TableValidationError,
 )
 from pipelines.storage.manifest import DatasetManifest, read_manifest, write_manifest
+from pipelines.storage.store_writer import EpisodeStoreWriter
 from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS, EpisodeTable, validate_table
 
 __all__ = [

@@ -16,13 +16,13 @@ Layout of ``<iteration>.zarr`` (a Zarr v3 group)::
 Frames of all episode parts are concatenated along time in the flat arrays; index row ``i``
 says that ``obs[start:start + length]`` is part ``part`` of episode ``episode_id``.
 
-Commit protocol. ``append`` writes the frames, then the table values, then the index row, each
-write awaited before the next starts. Zarr writes a chunk atomically but grows an array's shape
-before writing its chunks, so a killed writer leaves longer arrays whose tails read as zeros.
-A committed index row always has ``length >= 1``; an index row that reads as zeros was never
-committed. Readers therefore trust exactly the index rows before the first zero row, and the
-frames those rows cover. Reopening for writing truncates every array to that committed size and
-removes the ``*.partial`` temporaries of interrupted chunk writes.
+Commit protocol (``store_writer.EpisodeStoreWriter.append``): the frames, then the table values,
+then the index row, each write awaited before the next starts. Zarr writes a chunk atomically
+but grows an array's shape before writing its chunks, so a killed writer leaves longer arrays
+whose tails read as zeros. A committed index row always has ``length >= 1``, so an index row
+that reads as zeros was never committed. Readers trust exactly the index rows before the first
+zero row, and the frames those rows cover. Reopening for writing truncates every array to that
+committed size and removes the ``*.partial`` temporaries of interrupted chunk writes.
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ from pipelines.storage import locations
 from pipelines.storage.errors import (
     SchemaVersionError,
     StoreCorruptedError,
-    StoreError,
     StoreNotFoundError,
-    TableValidationError,
 )
 from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS, achievement_column, validate_table
 
@@ -59,7 +57,7 @@ STEP_DTYPES = {"act": np.int16, "rew": np.float32, "end": np.uint8, "trunc": np.
 FIELDS = ("obs", *STEP_FIELDS)
 
 
-def _compressors() -> tuple[zarr.codecs.ZstdCodec]:
+def compressors() -> tuple[zarr.codecs.ZstdCodec]:
     # The zstd frame checksum turns a flipped byte in a chunk into a read error, not silent garbage.
     return (zarr.codecs.ZstdCodec(level=3, checksum=True),)
 
@@ -122,7 +120,7 @@ class StoredPart:
     finished: bool
 
 
-def _open_group(url: str, *, read_only: bool) -> zarr.Group:
+def open_group(url: str, *, read_only: bool) -> zarr.Group:
     fs, path = locations.filesystem(url)
     if not fs.exists(path.rstrip("/") + "/zarr.json"):
         raise StoreNotFoundError(url, "no episode store here (missing zarr.json)")
@@ -134,7 +132,7 @@ def _open_group(url: str, *, read_only: bool) -> zarr.Group:
         raise StoreCorruptedError(url, f"cannot open the Zarr group: {error!r}") from None
 
 
-def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+def array_of(group: zarr.Group, name: str) -> zarr.Array[Any]:
     node = group[name]
     assert isinstance(node, zarr.Array), f"{name} is not an array"
     return node
@@ -165,12 +163,12 @@ class EpisodeStore:
 
     def __init__(self, url: str) -> None:
         self.url = str(url)
-        self._group = _open_group(self.url, read_only=True)
+        self._group = open_group(self.url, read_only=True)
         self.attributes = StoreAttributes.from_json(self._group.attrs.asdict(), self.url)
         try:
-            arrays = {name: _array(self._group, name) for name in (*FIELDS, "return", "index")}
+            arrays = {name: array_of(self._group, name) for name in (*FIELDS, "return", "index")}
             if self.attributes.with_achievements:
-                arrays["achievements"] = _array(self._group, "achievements")
+                arrays["achievements"] = array_of(self._group, "achievements")
             raw_index = np.asarray(arrays["index"][:], dtype=np.int64)
         except KeyError as error:
             raise StoreCorruptedError(
@@ -248,18 +246,18 @@ class EpisodeStore:
         """The per-part table (validated): one row per committed index row."""
         m = len(self.index)
         try:
-            returns = np.asarray(_array(self._group, "return")[:m], dtype=np.float64)
+            returns = np.asarray(array_of(self._group, "return")[:m], dtype=np.float64)
             achievements = (
-                np.asarray(_array(self._group, "achievements")[:m], dtype=np.int64)
+                np.asarray(array_of(self._group, "achievements")[:m], dtype=np.int64)
                 if self.attributes.with_achievements
                 else None
             )
         except Exception as error:
             raise StoreCorruptedError(self.url, f"cannot read the episode table: {error!r}") from None
-        return validate_table(_table_frame(self.index, returns, achievements, self.attributes), self.url)
+        return validate_table(table_frame(self.index, returns, achievements, self.attributes), self.url)
 
 
-def _table_frame(
+def table_frame(
     index: np.ndarray, returns: np.ndarray, achievements: np.ndarray | None, attributes: StoreAttributes
 ) -> pd.DataFrame:
     m = len(index)
@@ -276,126 +274,3 @@ def _table_frame(
         for j, name in enumerate(CRAFTER_ACHIEVEMENTS):
             columns[achievement_column(name)] = achievements[:, j].astype(np.int64)
     return pd.DataFrame(columns)
-
-
-class EpisodeStoreWriter:
-    """Appends episode parts to one store. One writer per store at a time."""
-
-    def __init__(self, url: str, group: zarr.Group, attributes: StoreAttributes, index: np.ndarray) -> None:
-        self.url = url
-        self.attributes = attributes
-        self._group = group
-        self._arrays = {name: _array(group, name).async_array for name in group.array_keys()}
-        self._num_parts = len(index)
-        self._num_frames = int(index[:, 3].sum())
-
-    @classmethod
-    def create(cls, url: str, attributes: StoreAttributes) -> EpisodeStoreWriter:
-        url = str(url)
-        fs, path = locations.filesystem(url)
-        if fs.exists(path):
-            raise StoreError(url, "already exists (stores are immutable: open it to continue writing)")
-        group = zarr.open_group(
-            store=locations.zarr_store(url, read_only=False), mode="w-", attributes=attributes.to_json()
-        )
-        common: dict[str, Any] = {"compressors": _compressors(), "fill_value": 0}
-        group.create_array("obs", shape=(0, *attributes.obs_shape), dtype=np.uint8,
-                           chunks=(FRAME_CHUNK, *attributes.obs_shape), **common)  # fmt: skip
-        for name in STEP_FIELDS:
-            group.create_array(name, shape=(0,), dtype=STEP_DTYPES[name], chunks=(STEP_CHUNK,), **common)
-        group.create_array("return", shape=(0,), dtype=np.float64, chunks=(INDEX_CHUNK,), **common)
-        if attributes.with_achievements:
-            group.create_array("achievements", shape=(0, len(CRAFTER_ACHIEVEMENTS)), dtype=np.int64,
-                               chunks=(INDEX_CHUNK, len(CRAFTER_ACHIEVEMENTS)), **common)  # fmt: skip
-        # Created last: a store without its index cannot be opened, so a half-created store is
-        # never mistaken for an empty one.
-        group.create_array("index", shape=(0, len(INDEX_COLUMNS)), dtype=np.int64,
-                           chunks=(INDEX_CHUNK, len(INDEX_COLUMNS)), **common)  # fmt: skip
-        return cls(url, group, attributes, np.zeros((0, len(INDEX_COLUMNS)), np.int64))
-
-    @classmethod
-    def open(cls, url: str) -> EpisodeStoreWriter:
-        """Reopen a store to append to it, dropping whatever a killed writer left uncommitted."""
-        url = str(url)
-        committed = EpisodeStore(url)  # raises, and deletes nothing, if the store is unusable
-        fs, path = locations.filesystem(url)
-        for stray in fs.find(path):
-            if stray.endswith(".partial"):
-                fs.rm(stray)
-        group = _open_group(url, read_only=False)
-        n, m = committed.num_frames, len(committed.index)
-        sizes = {name: n for name in FIELDS} | {name: m for name in ("return", "achievements", "index")}
-        for name, size in sizes.items():
-            if name in group and (array := _array(group, name)).shape[0] != size:
-                array.resize((size, *array.shape[1:]))
-        return cls(url, group, committed.attributes, committed.index)
-
-    @property
-    def num_frames(self) -> int:
-        """Committed steps: where the next part starts."""
-        return self._num_frames
-
-    @property
-    def num_parts(self) -> int:
-        """Committed index rows."""
-        return self._num_parts
-
-    def append(self, episode: Episode, *, episode_id: int, part: int = 0) -> StoredPart:
-        """Commit ``episode`` as part ``part`` of episode ``episode_id``.
-
-        An unfinished episode is written as a part and continued (same ``episode_id``,
-        ``part + 1``, only the new steps) in the next iteration's store.
-        """
-        self._check_episode(episode)
-        length = len(episode)
-        stored = StoredPart(episode_id, part, self._num_frames, length, episode.is_finished)
-        row = np.array([[episode_id, part, stored.start, length, int(stored.finished)]], dtype=np.int64)
-        ret = np.array([episode.episode_return], dtype=np.float64)
-        achievements = self._achievements(episode) if self.attributes.with_achievements else None
-        validate_table(_table_frame(row, ret, achievements, self.attributes), self.url)
-
-        arrays = self._arrays
-        data = {
-            "obs": episode.obs,
-            **{name: getattr(episode, name).astype(STEP_DTYPES[name]) for name in STEP_FIELDS},
-        }
-
-        async def commit() -> None:
-            await asyncio.gather(*(arrays[name].append(values) for name, values in data.items()))
-            table = [arrays["return"].append(ret)]
-            if achievements is not None:
-                table.append(arrays["achievements"].append(achievements))
-            await asyncio.gather(*table)
-            await arrays["index"].append(row)  # the commit
-
-        sync(commit())
-        self._num_parts += 1
-        self._num_frames += length
-        return stored
-
-    def _check_episode(self, episode: Episode) -> None:
-        problems = []
-        if len(episode) == 0:
-            problems.append("is empty")
-        if episode.obs.shape[1:] != self.attributes.obs_shape:
-            problems.append(
-                f"has frames of shape {episode.obs.shape[1:]}, the store {self.attributes.obs_shape}"
-            )
-        if len(episode) and episode.end[:-1].any():
-            problems.append("has an end before its last step")
-        if (episode.trunc.astype(bool) & ~episode.end.astype(bool)).any():
-            problems.append("has a truncation without an end")
-        info = np.iinfo(np.int16)
-        if len(episode) and (episode.act.min() < info.min or episode.act.max() > info.max):
-            problems.append("has actions outside int16")
-        if problems:
-            raise StoreError(self.url, "episode " + ", ".join(problems))
-
-    def _achievements(self, episode: Episode) -> np.ndarray:
-        counters = episode.info.get("achievements")
-        if not isinstance(counters, Mapping) or set(counters) != set(CRAFTER_ACHIEVEMENTS):
-            raise TableValidationError(
-                self.url,
-                "episode.info['achievements'] must map each of the 22 Crafter achievements to a count",
-            )
-        return np.array([[int(counters[name]) for name in CRAFTER_ACHIEVEMENTS]], dtype=np.int64)
