@@ -39,7 +39,7 @@ from iris_core.data.structures import (
 )
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays and a generator: compare state_dicts instead
 class SegmentSampler:
     """Draws batches of :class:`SegmentId` for one component.
 
@@ -52,7 +52,9 @@ class SegmentSampler:
     priority_alpha: float
     can_sample_beyond_end: bool
     seed: int = 0
-    update_counts: bool = False  # False during paper epoch 1 (spec §2.2)
+    # False during paper epoch 1 (spec §2.2). When True, ``sample`` counts the segments it returns,
+    # so the next batch already sees them (the reference's loader lags by its prefetch depth).
+    update_counts: bool = False
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rng: np.random.Generator = field(init=False, repr=False)
 
