@@ -39,6 +39,15 @@ class NonFiniteLossError(FloatingPointError):
     """The summed loss of a component became NaN or infinite."""
 
 
+def enable_tf32() -> None:
+    """TF32 matmuls and convolutions on GPUs that have them, as the reference trains (spec §6).
+
+    A process-wide switch: the entry point calls it once, the loop never flips it on its own.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def _autocast(device: torch.device, enabled: bool, force_on_cpu: bool) -> Any:
     """bf16 autocast where the spec asks for it (tokenizer, world model) and the device has it.
 
