@@ -28,8 +28,10 @@ from typing import Any, Generic, TypeVar
 import crafter
 import gymnasium
 import numpy as np
-from crafter import engine
+from crafter import engine, objects
 from gymnasium.wrappers import TimeLimit
+
+from iris_core.envs import crafter_worldgen
 
 NUM_ACTIONS = 17
 ACHIEVEMENTS: tuple[str, ...] = tuple(crafter.constants.achievements)
@@ -72,16 +74,97 @@ class _OrderedChunksWorld(engine.World):  # type: ignore[misc]
         )
 
 
+class _FastLocalView(engine.LocalView):  # type: ignore[misc]
+    """crafter's local view, drawn with array indexing instead of one Python call per cell.
+
+    Pixel-identical to ``engine.LocalView`` (tested): the same cached textures, objects alpha-
+    blended with crafter's own ``_draw_alpha`` in the world's object order, then crafter's own
+    lighting and sleep effects (which also draw the night noise from the world's generator).
+    """
+
+    def __init__(self, world: engine.World, textures: engine.Textures, grid: list[int]) -> None:
+        super().__init__(world, textures, grid)
+        self._tiles: np.ndarray | None = None  # (num_materials + 1, unit, unit, 3); last = outside
+        self._tiles_key: tuple[int, tuple[int, int]] | None = None
+
+    def _material_tiles(self, unit: np.ndarray) -> np.ndarray:
+        key = (len(self._world._mat_names), (int(unit[0]), int(unit[1])))
+        if self._tiles is None or self._tiles_key != key:
+            names = [self._world._mat_names[i] for i in range(key[0])]
+            tiles = [self._textures.get(name, unit)[..., :3] for name in names]
+            tiles.append(np.full((*key[1], 3), 127, dtype=np.uint8))  # cells outside the world
+            self._tiles, self._tiles_key = np.stack(tiles), key
+        return self._tiles
+
+    def __call__(self, player: Any, unit: np.ndarray) -> np.ndarray:
+        self._unit = np.array(unit)
+        self._center = np.array(player.pos)
+        unit_x, unit_y = int(self._unit[0]), int(self._unit[1])
+        grid_x, grid_y = int(self._grid[0]), int(self._grid[1])
+        tiles = self._material_tiles(self._unit)
+        outside = len(tiles) - 1
+        # Material ids and object indices of the grid cells, padded outside the world.
+        x0, y0 = (self._center - self._offset).tolist()
+        ids = np.full((grid_x, grid_y), outside, dtype=np.intp)
+        objs = np.zeros((grid_x, grid_y), dtype=np.int64)
+        lo_x, lo_y = max(x0, 0), max(y0, 0)
+        hi_x, hi_y = min(x0 + grid_x, int(self._area[0])), min(y0 + grid_y, int(self._area[1]))
+        if lo_x < hi_x and lo_y < hi_y:
+            ids[lo_x - x0 : hi_x - x0, lo_y - y0 : hi_y - y0] = self._world._mat_map[lo_x:hi_x, lo_y:hi_y]
+            objs[lo_x - x0 : hi_x - x0, lo_y - y0 : hi_y - y0] = self._world._obj_map[lo_x:hi_x, lo_y:hi_y]
+        # (gx, gy, ux, uy, 3) -> (gx·ux, gy·uy, 3): cell (x, y) starts at pixel (x·ux, y·uy).
+        canvas = tiles[ids].transpose(0, 2, 1, 3, 4).reshape(grid_x * unit_x, grid_y * unit_y, 3)
+        # Objects in view, in the world's object order (the order crafter draws them in).
+        for index in np.sort(objs[objs > 0]):
+            obj = self._world._objects[index]
+            pos = obj.pos - self._center + self._offset
+            engine._draw_alpha(canvas, pos * self._unit, self._textures.get(obj.texture, self._unit))
+        out = self._light(canvas, self._world.daylight)
+        if player.sleeping:
+            out = self._sleep(out)
+        return out  # type: ignore[no-any-return]
+
+
+class _CachedItemView(engine.ItemView):  # type: ignore[misc]
+    """crafter's inventory view, memoised on the inventory (it rarely changes between steps)."""
+
+    def __init__(self, textures: engine.Textures, grid: list[int]) -> None:
+        super().__init__(textures, grid)
+        self._cache: dict[tuple[object, ...], np.ndarray] = {}
+
+    def __call__(self, inventory: dict[str, int], unit: np.ndarray) -> np.ndarray:
+        key = (*inventory.items(), *np.asarray(unit).tolist())
+        view = self._cache.get(key)
+        if view is None:
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            view = self._cache[key] = super().__call__(inventory, unit)
+        return view.copy()
+
+
+def _no_semantic_view() -> None:
+    return None
+
+
 class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
     """Gymnasium adapter around ``crafter.Env`` without a length limit (see :func:`make_crafter`)."""
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, fast: bool = True) -> None:
         self._env = crafter.Env(
             area=(64, 64), view=(9, 9), size=(size, size), reward=True, length=None, seed=0
         )
         self._env._world.__class__ = _OrderedChunksWorld
+        self._fast_worldgen = fast and crafter_worldgen.available()
+        if fast:
+            # crafter computes a semantic map every step for its info; this adapter drops it.
+            self._env._sem_view = _no_semantic_view
+            local, items = self._env._local_view, self._env._item_view
+            self._env._local_view = _FastLocalView(
+                self._env._world, self._env._textures, local._grid.tolist()
+            )
+            self._env._item_view = _CachedItemView(self._env._textures, items._grid.tolist())
         self.observation_space = gymnasium.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = gymnasium.spaces.Discrete(NUM_ACTIONS)
         self._seeded = False
@@ -97,8 +180,23 @@ class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
             self._env._seed = crafter_seed
             self._env._episode = 0
             self._seeded = True
-        obs = self._env.reset()
+        obs = self._env.reset() if not self._fast_worldgen else self._reset_fast()
         return obs, {"achievements": dict.fromkeys(ACHIEVEMENTS, 0)}
+
+    def _reset_fast(self) -> np.ndarray:
+        """``crafter.Env.reset`` with the vectorised world generation (the same worlds, tested)."""
+        env, world = self._env, self._env._world
+        center = (world.area[0] // 2, world.area[1] // 2)
+        env._episode += 1
+        env._step = 0
+        world.reset(seed=hash((env._seed, env._episode)) % (2**31 - 1))
+        env._update_time()
+        env._player = objects.Player(world, center)
+        env._last_health = env._player.health
+        world.add(env._player)
+        env._unlocked = set()
+        crafter_worldgen.generate_world(world, env._player)
+        return env._obs()  # type: ignore[no-any-return]
 
     def step(self, action: np.int64 | int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, _, info = self._env.step(int(action))
@@ -113,9 +211,14 @@ class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
         return obs, float(reward), bool(terminated), False, out_info
 
 
-def make_crafter(size: int = 64, max_episode_steps: int = 10_000) -> gymnasium.Env[np.ndarray, np.int64]:
-    """``TimeLimit(Crafter, max_episode_steps)``: the reference's env (spec §7)."""
-    return TimeLimit(CrafterEnv(size), max_episode_steps=max_episode_steps)
+def make_crafter(
+    size: int = 64, max_episode_steps: int = 10_000, fast: bool = True
+) -> gymnasium.Env[np.ndarray, np.int64]:
+    """``TimeLimit(Crafter, max_episode_steps)``: the reference's env (spec §7).
+
+    ``fast`` swaps in pixel-identical faster views and the vectorised (identical) world generation.
+    """
+    return TimeLimit(CrafterEnv(size, fast), max_episode_steps=max_episode_steps)
 
 
 def unlocked_achievements(achievements: dict[str, int]) -> list[str]:

@@ -136,3 +136,46 @@ def test_time_limit_is_stored_as_end_and_trunc_with_achievements() -> None:
     for metrics in result.episodes:
         assert metrics.truncated and metrics.length == 12
         assert metrics.achievements is not None and metrics.achievements["collect_wood"] >= 1
+
+
+def test_fast_env_is_pixel_identical_to_crafter() -> None:
+    """Fast views and world generation: same frames, rewards and ends as crafter's own code,
+    through day, night, sleep and several resets (which also checks the random generator)."""
+    fast, slow = make_crafter(fast=True), make_crafter(fast=False)
+    np.testing.assert_array_equal(fast.reset(seed=1)[0], slow.reset(seed=1)[0])
+    rng = np.random.default_rng(0)
+    resets = 0
+    for t in range(700):
+        if t % 97 == 5:
+            for env in (fast, slow):
+                env.unwrapped._env._player.sleeping = True
+        action = int(rng.integers(NUM_ACTIONS))
+        a, b = fast.step(action), slow.step(action)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1:4] == b[1:4]
+        if a[2] or a[3]:
+            resets += 1
+            np.testing.assert_array_equal(fast.reset()[0], slow.reset()[0])
+    assert resets >= 2
+
+
+def test_vectorised_world_generation_equals_crafters() -> None:
+    from crafter import constants, engine, objects, worldgen
+
+    from iris_core.envs import crafter_worldgen
+
+    if not crafter_worldgen.available():
+        return  # without numba the adapter keeps crafter's generator
+    for seed in range(6):
+        worlds = []
+        for generate in (worldgen.generate_world, crafter_worldgen.generate_world):
+            world = engine.World((64, 64), constants.materials, (12, 12))
+            world.reset(seed=seed)
+            player = objects.Player(world, (32, 32))
+            world.add(player)
+            generate(world, player)
+            worlds.append(world)
+        a, b = worlds
+        np.testing.assert_array_equal(a._mat_map, b._mat_map)
+        assert [(type(o), tuple(o.pos)) for o in a.objects] == [(type(o), tuple(o.pos)) for o in b.objects]
+        assert a.random.uniform() == b.random.uniform()  # the generator advanced by the same draws

@@ -1,0 +1,143 @@
+"""Collection speed: env steps per second for 16 Crafter envs, random policy and untrained actor-critic.
+
+Runs the real :class:`~iris_core.training.collector.Collector` (reset-together semantics, steps of
+running envs only) and prints a table, plus where the time goes: world generation at reset, one
+env step (mostly rendering), one policy call on a batch of frames. Numba on/off rows run in
+subprocesses (``NUMBA_DISABLE_JIT=1``), since Crafter's world generation JIT-compiles on import.
+
+    python benchmarks/collection.py                      # all rows
+    python benchmarks/collection.py --policy random --numba on --steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from iris_core.config import EnvSpec, IrisConfig
+from iris_core.envs.factory import make_batch_env, make_env
+from iris_core.models.actor_critic import ActorCritic
+from iris_core.training.collector import Collector
+
+
+def make_policy(num_actions: int) -> ActorCritic:
+    """The untrained actor-critic of the paper's Crafter configuration."""
+    config = IrisConfig().with_num_actions(num_actions).actor_critic
+    model = ActorCritic(config, image_channels=3)
+    model.eval()
+    return model
+
+
+def time_components(num_envs: int, policy_name: str) -> dict[str, float]:
+    spec = EnvSpec()
+    env = make_env(spec, seed=0)
+    env.reset()  # the first reset pays numba's compilation
+    start = time.perf_counter()
+    for _ in range(3):
+        env.reset()
+    reset_ms = (time.perf_counter() - start) / 3 * 1e3
+    rng = np.random.default_rng(0)
+    start, steps = time.perf_counter(), 300
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(17)))
+        if terminated or truncated:
+            env.reset()
+    step_ms = (time.perf_counter() - start) / steps * 1e3
+    out = {"reset_ms": reset_ms, "env_step_ms": step_ms}
+    if policy_name == "actor-critic":
+        policy = make_policy(17)
+        obs = torch.rand(num_envs, 3, 64, 64)
+        with torch.no_grad():
+            policy.reset(num_envs)
+            policy.act(obs)
+            start, calls = time.perf_counter(), 20
+            for _ in range(calls):
+                policy.act(obs, True, 1.0)
+        out["policy_ms"] = (time.perf_counter() - start) / calls * 1e3
+    return out
+
+
+def run_row(num_envs: int, steps: int, policy_name: str, num_workers: int) -> dict[str, Any]:
+    env = make_batch_env(EnvSpec(), num_envs, seed=0, num_workers=num_workers)
+    collector = Collector(env, None, burn_in_length=5, seed=0)
+    policy = make_policy(env.num_actions) if policy_name == "actor-critic" else None
+    epsilon = 0.0 if policy is not None else 1.0
+    collector.collect(policy, num_envs, epsilon=epsilon)  # warm-up: first resets, numba compilation
+    start = time.perf_counter()
+    result = collector.collect(policy, steps, epsilon=epsilon)
+    seconds = time.perf_counter() - start
+    env.close()
+    row: dict[str, Any] = {
+        "policy": policy_name,
+        "numba": os.environ.get("NUMBA_DISABLE_JIT", "0") != "1",
+        "envs": num_envs,
+        "workers": num_workers,
+        "steps": result.num_steps,
+        "episodes": len(result.episodes),
+        "steps_per_s": result.num_steps / seconds,
+    }
+    row.update(time_components(num_envs, policy_name))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--envs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--policy", choices=["random", "actor-critic", "both"], default="both")
+    parser.add_argument("--numba", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--workers", type=int, default=0, help="env worker processes (0: in-process)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--row", action="store_true", help=argparse.SUPPRESS)  # one row, JSON out
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.row:
+        print(json.dumps(run_row(args.envs, args.steps, args.policy, args.workers)))
+        return
+
+    policies = ["random", "actor-critic"] if args.policy == "both" else [args.policy]
+    numbas = ["on", "off"] if args.numba == "both" else [args.numba]
+    rows = []
+    for numba in numbas:
+        for policy in policies:
+            env = dict(os.environ)
+            if numba == "off":
+                env["NUMBA_DISABLE_JIT"] = "1"
+            command = [sys.executable, __file__, "--row", "--envs", str(args.envs),
+                       "--steps", str(args.steps), "--policy", policy, "--workers", str(args.workers),
+                       "--threads", str(args.threads)]  # fmt: skip
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(_format([rows[-1]], header=len(rows) == 1), flush=True)
+    with open("/proc/loadavg") as f:
+        print(f"load average: {' '.join(f.read().split()[:3])} on {os.cpu_count()} cores")
+
+
+def _format(rows: list[dict[str, Any]], header: bool) -> str:
+    columns = ["policy", "numba", "envs", "workers", "steps", "episodes", "steps_per_s", "reset_ms",
+               "env_step_ms", "policy_ms"]  # fmt: skip
+    lines = []
+    if header:
+        lines.append(" | ".join(f"{c:>12}" for c in columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c, "")
+            cells.append(f"{value:>12.1f}" if isinstance(value, float) else f"{value!s:>12}")
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
