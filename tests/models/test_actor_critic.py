@@ -15,8 +15,10 @@ from torch import Tensor, nn
 
 from iris_core.config import (
     ActorCriticConfig,
+    ComponentTrainingConfig,
     FrameCnnConfig,
     TokenizerConfig,
+    TrainingConfig,
     TransformerConfig,
     TwoHotConfig,
     WorldModelConfig,
@@ -29,6 +31,8 @@ from iris_core.models.world_model import WorldModel
 from iris_core.rl.imagination import imagine
 from iris_core.rl.returns import compute_lambda_returns, mask_after_first_done
 from iris_core.rl.twohot import bucket_expectation, symexp, symlog, two_hot
+from iris_core.training.optim import make_optimizer
+from iris_core.training.train_component import train_component
 
 BURN_IN, HORIZON, BATCH = 2, 3, 3
 
@@ -272,3 +276,30 @@ def test_policy_interface_keeps_state_between_calls() -> None:
     greedy = ac.act(frame, should_sample=False, temperature=1.0)
     assert torch.equal(greedy, ac.model.actor_linear(ac.model.hx).argmax(-1))
     assert ac.target_model.hx is not None and torch.equal(ac.target_model.hx, torch.zeros(2, 512))
+
+
+def test_trains_through_the_generic_loop() -> None:
+    torch.set_num_threads(1)
+    tokenizer, world_model = frozen_models(17, two_hot_rews=True)
+    ac = ActorCritic(actor_critic_config(17, True), image_channels=3)
+    training = TrainingConfig()
+    component = ComponentTrainingConfig(optimizer="adam", weight_decay=0.0, bf16_autocast=False)
+    online_before = [p.clone() for p in ac.model.parameters()]
+    target_before = [p.clone() for p in ac.target_model.parameters()]
+    batch = make_batch(17)
+    report = train_component(
+        ac, make_optimizer(ac, training, component), component, lambda: batch, 2, name="actor_critic",
+        deps={"tokenizer": tokenizer, "world_model": world_model},
+    )  # fmt: skip
+    assert set(report) == {
+        "loss_actions",
+        "loss_entropy",
+        "loss_values",
+        "loss_total",
+        "policy_entropy",
+        "grad_norm",
+    }
+    assert all(not torch.equal(a, b) for a, b in zip(online_before, ac.model.parameters(), strict=True))
+    assert all(
+        not torch.equal(a, b) for a, b in zip(target_before, ac.target_model.parameters(), strict=True)
+    )
