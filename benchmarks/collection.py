@@ -12,18 +12,21 @@ subprocesses (``NUMBA_DISABLE_JIT=1``), since Crafter's world generation JIT-com
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from iris_core.config import EnvSpec, IrisConfig
-from iris_core.envs.factory import make_batch_env, make_env
+from iris_core.config import IrisConfig
+from iris_core.envs.crafter import make_crafter
+from iris_core.envs.factory import BatchEnv, SeedFirstReset
 from iris_core.models.actor_critic import ActorCritic
 from iris_core.training.collector import Collector
 
@@ -36,9 +39,36 @@ def make_policy(num_actions: int) -> ActorCritic:
     return model
 
 
-def time_components(num_envs: int, policy_name: str) -> dict[str, float]:
-    spec = EnvSpec()
-    env = make_env(spec, seed=0)
+class CpuInferencePolicy:
+    """The policy for CPU collection: channels-last convolutions, optionally bf16 autocast."""
+
+    def __init__(self, model: ActorCritic, bf16: bool) -> None:
+        self.model = model.to(memory_format=torch.channels_last)
+        self.bf16 = bf16
+
+    def _context(self) -> Any:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def reset(self, n: int) -> None:
+        self.model.reset(n)
+
+    def burn_in(self, obs: torch.Tensor) -> None:
+        with self._context():
+            self.model.burn_in(obs)
+
+    def act(self, obs: torch.Tensor, should_sample: bool = True, temperature: float = 1.0) -> torch.Tensor:
+        with self._context():
+            return self.model.act(
+                obs.contiguous(memory_format=torch.channels_last), should_sample, temperature
+            )
+
+
+def _crafter_env(seed: int, fast: bool) -> Any:
+    return SeedFirstReset(make_crafter(fast=fast), seed)
+
+
+def time_components(num_envs: int, policy_name: str, fast: bool, bf16: bool) -> dict[str, float]:
+    env = _crafter_env(0, fast)
     env.reset()  # the first reset pays numba's compilation
     start = time.perf_counter()
     for _ in range(3):
@@ -53,7 +83,7 @@ def time_components(num_envs: int, policy_name: str) -> dict[str, float]:
     step_ms = (time.perf_counter() - start) / steps * 1e3
     out = {"reset_ms": reset_ms, "env_step_ms": step_ms}
     if policy_name == "actor-critic":
-        policy = make_policy(17)
+        policy = CpuInferencePolicy(make_policy(17), bf16) if fast else make_policy(17)
         obs = torch.rand(num_envs, 3, 64, 64)
         with torch.no_grad():
             policy.reset(num_envs)
@@ -65,10 +95,16 @@ def time_components(num_envs: int, policy_name: str) -> dict[str, float]:
     return out
 
 
-def run_row(num_envs: int, steps: int, policy_name: str, num_workers: int) -> dict[str, Any]:
-    env = make_batch_env(EnvSpec(), num_envs, seed=0, num_workers=num_workers)
+def run_row(
+    num_envs: int, steps: int, policy_name: str, num_workers: int, fast: bool, bf16: bool
+) -> dict[str, Any]:
+    env = BatchEnv([partial(_crafter_env, i, fast) for i in range(num_envs)], num_workers=num_workers)
     collector = Collector(env, None, burn_in_length=5, seed=0)
-    policy = make_policy(env.num_actions) if policy_name == "actor-critic" else None
+    policy: Any = None
+    if policy_name == "actor-critic":
+        policy = make_policy(env.num_actions)
+        if fast:
+            policy = CpuInferencePolicy(policy, bf16)
     epsilon = 0.0 if policy is not None else 1.0
     collector.collect(policy, num_envs, epsilon=epsilon)  # warm-up: first resets, numba compilation
     start = time.perf_counter()
@@ -78,13 +114,14 @@ def run_row(num_envs: int, steps: int, policy_name: str, num_workers: int) -> di
     row: dict[str, Any] = {
         "policy": policy_name,
         "numba": os.environ.get("NUMBA_DISABLE_JIT", "0") != "1",
+        "path": ("fast" + ("+bf16" if bf16 and policy_name != "random" else "")) if fast else "crafter",
         "envs": num_envs,
         "workers": num_workers,
         "steps": result.num_steps,
         "episodes": len(result.episodes),
         "steps_per_s": result.num_steps / seconds,
     }
-    row.update(time_components(num_envs, policy_name))
+    row.update(time_components(num_envs, policy_name, fast, bf16))
     return row
 
 
@@ -98,25 +135,34 @@ def main() -> None:
     parser.add_argument("--numba", choices=["on", "off", "both"], default="both")
     parser.add_argument("--workers", type=int, default=0, help="env worker processes (0: in-process)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--path", choices=["fast", "crafter", "both"], default="both",
+                        help="fast: our fast path; crafter: crafter's own code, plain policy")  # fmt: skip
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the policy on the fast path")
     parser.add_argument("--row", action="store_true", help=argparse.SUPPRESS)  # one row, JSON out
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.row:
-        print(json.dumps(run_row(args.envs, args.steps, args.policy, args.workers)))
+        print(
+            json.dumps(
+                run_row(args.envs, args.steps, args.policy, args.workers, args.path != "crafter", args.bf16)
+            )
+        )
         return
 
     policies = ["random", "actor-critic"] if args.policy == "both" else [args.policy]
     numbas = ["on", "off"] if args.numba == "both" else [args.numba]
+    paths = ["crafter", "fast"] if args.path == "both" else [args.path]
     rows = []
-    for numba in numbas:
-        for policy in policies:
+    for numba, policy, path in itertools.product(numbas, policies, paths):
+        if True:
             env = dict(os.environ)
             if numba == "off":
                 env["NUMBA_DISABLE_JIT"] = "1"
             command = [sys.executable, __file__, "--row", "--envs", str(args.envs),
                        "--steps", str(args.steps), "--policy", policy, "--workers", str(args.workers),
-                       "--threads", str(args.threads)]  # fmt: skip
+                       "--threads", str(args.threads), "--path", path]  # fmt: skip
+            command += ["--bf16"] if args.bf16 else []
             out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(_format([rows[-1]], header=len(rows) == 1), flush=True)
@@ -125,7 +171,7 @@ def main() -> None:
 
 
 def _format(rows: list[dict[str, Any]], header: bool) -> str:
-    columns = ["policy", "numba", "envs", "workers", "steps", "episodes", "steps_per_s", "reset_ms",
+    columns = ["policy", "path", "numba", "envs", "workers", "steps", "episodes", "steps_per_s", "reset_ms",
                "env_step_ms", "policy_ms"]  # fmt: skip
     lines = []
     if header:
