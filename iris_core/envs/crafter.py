@@ -122,7 +122,7 @@ class _FastLocalView(engine.LocalView):  # type: ignore[misc]
         out = self._light(canvas, self._world.daylight)
         if player.sleeping:
             out = self._sleep(out)
-        return out  # type: ignore[no-any-return]
+        return out
 
     # crafter's lighting and sleep effects with its Pillow colour step in numpy (same arithmetic).
 

@@ -179,3 +179,16 @@ def test_vectorised_world_generation_equals_crafters() -> None:
         np.testing.assert_array_equal(a._mat_map, b._mat_map)
         assert [(type(o), tuple(o.pos)) for o in a.objects] == [(type(o), tuple(o.pos)) for o in b.objects]
         assert a.random.uniform() == b.random.uniform()  # the generator advanced by the same draws
+
+
+def test_desaturation_equals_pillow() -> None:
+    from PIL import Image, ImageEnhance
+
+    from iris_core.envs.crafter import _desaturate
+
+    rng = np.random.default_rng(0)
+    for factor in (0.4, 0.0):
+        for _ in range(50):
+            image = rng.integers(0, 256, (63, 49, 3), dtype=np.uint8)
+            expected = np.array(ImageEnhance.Color(Image.fromarray(image)).enhance(factor))
+            np.testing.assert_array_equal(_desaturate(image, factor), expected)
