@@ -7,10 +7,10 @@ component). Defaults are the paper's batches (spec §6): Crafter tokenizer and w
 ``--steps`` make a quick run. Inputs are random frames and actions: the cost of a step does not
 depend on their values (imagination always runs the full horizon).
 
-FLOPs are counted with ``FlopCounterMode`` on the first (warm-up) step and divided by the measured
-seconds per step; the machine's peak is a large square matmul in fp32 and bf16. The tokenizer and
-world model run under bf16 autocast on CPU too, as the reference numbers were taken (``--no-cpu-bf16``
-turns that off).
+After one warm-up step and the timed steps, one more step runs under ``FlopCounterMode``: its
+FLOP count divided by the measured seconds per step is the achieved rate, compared with the
+machine's peak (a large square matmul in fp32 and in bf16). The tokenizer and world model run
+under bf16 autocast on CPU too, as the reference numbers were taken (``--no-cpu-bf16``: fp32).
 """
 
 from __future__ import annotations
@@ -119,9 +119,7 @@ def run_component(args: argparse.Namespace) -> dict[str, Any]:
             force_bf16_on_cpu=force_bf16,
         )  # fmt: skip
 
-    with FlopCounterMode(display=False) as counter:
-        steps(1)  # warm-up step, also the one whose FLOPs are counted
-    flops = counter.get_total_flops()
+    steps(1)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer.seconds = 0.0
@@ -130,14 +128,21 @@ def run_component(args: argparse.Namespace) -> dict[str, Any]:
     steps(args.steps)
     sync(device)
     seconds = (time.perf_counter() - start) / args.steps
+    imagination_seconds = timer.seconds / args.steps
+    # Peaks are read before counting FLOPs: the counter's bookkeeping would inflate them.
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    peak_gpu_gb = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    with FlopCounterMode(display=False) as counter:
+        steps(1)
+    flops = counter.get_total_flops()
     uses_bf16 = component_config.bf16_autocast and (device.type == "cuda" or force_bf16)
     return {
         "component": args.component,
         "batch": f"{batch_size}×{batch.act.size(1)}",
         "s_per_step": seconds,
-        "imagination_s": timer.seconds / args.steps if args.component == "actor_critic" else None,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
-        "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+        "imagination_s": imagination_seconds if args.component == "actor_critic" else None,
+        "peak_rss_gb": peak_rss_gb,
+        "peak_gpu_gb": peak_gpu_gb,
         "gflop_per_step": flops / 1e9,
         "dtype": "bf16" if uses_bf16 else "fp32",
     }
