@@ -22,6 +22,7 @@ deterministic and, since the original order is arbitrary, leaves the game's stat
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
@@ -184,6 +185,7 @@ class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
             area=(64, 64), view=(9, 9), size=(size, size), reward=True, length=None, seed=0
         )
         self._env._world.__class__ = _OrderedChunksWorld
+        self._fast = fast
         self._fast_worldgen = fast and crafter_worldgen.available()
         if fast:
             # crafter computes a semantic map every step for its info; this adapter drops it.
@@ -227,7 +229,8 @@ class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
         return env._obs()  # type: ignore[no-any-return]
 
     def step(self, action: np.int64 | int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        obs, reward, _, info = self._env.step(int(action))
+        step = self._step_fast if self._fast else self._env.step
+        obs, reward, _, info = step(int(action))
         terminated = info["discount"] == 0.0
         # A fresh dict of plain values: crafter reuses the objects it puts into ``info``.
         # The per-step semantic map is left out (analysis only, 4 KB a step).
@@ -237,6 +240,50 @@ class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
             "discount": float(info["discount"]),
         }
         return obs, float(reward), bool(terminated), False, out_info
+
+    def _step_fast(self, action: int) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
+        """``crafter.Env.step`` with its per-object distance test done on all objects at once.
+
+        crafter updates every object within ``2 · max(view)`` (L1) of the player, in object order.
+        The player is always the first object (added first after each reset) and no update moves
+        another object, so every distance can be taken right after the player's own update.
+        """
+        env, world = self._env, self._env._world
+        env._step += 1
+        env._update_time()
+        player = env._player
+        player.action = crafter.constants.actions[action]
+        objs = world.objects
+        if objs[0] is not player:  # never seen; keep crafter's loop then
+            for obj in objs:
+                if player.distance(obj) < 2 * max(env._view):
+                    obj.update()
+        else:
+            player.update()
+            if len(objs) > 1:
+                positions = np.array([obj.pos for obj in objs[1:]])
+                near = np.abs(positions - player.pos).sum(axis=1) < 2 * max(env._view)
+                for obj in itertools.compress(objs[1:], near.tolist()):
+                    obj.update()
+        if env._step % 10 == 0:
+            for chunk, chunk_objs in world.chunks.items():
+                env._balance_chunk(chunk, chunk_objs)
+        obs = env._obs()
+        reward = (player.health - env._last_health) / 10
+        env._last_health = player.health
+        unlocked = {
+            name for name, count in player.achievements.items() if count > 0 and name not in env._unlocked
+        }
+        if unlocked:
+            env._unlocked |= unlocked
+            reward += 1.0
+        dead = player.health <= 0
+        info = {
+            "inventory": player.inventory,
+            "achievements": player.achievements,
+            "discount": 1 - float(dead),
+        }
+        return obs, reward, dead, info
 
 
 def make_crafter(
