@@ -103,11 +103,20 @@ class CnnLstmActorCritic(nn.Module):
 
         The CNN sees all N·T frames in chunks (it has no recurrence); only the LSTM is sequential.
         """
-        n, t = obs.shape[:2]
         assert obs.ndim == 5, f"expected (N, T, C, H, W) frames, got {tuple(obs.shape)}"
-        features = self.encode_many(obs.flatten(0, 1)).view(n, t, -1) if t > 0 else None
-        outputs = [self.step(features[:, i]) for i in range(t)] if features is not None else []
-        return _stack(outputs, n, self)
+        n, t = obs.shape[:2]
+        if t == 0:
+            device = self.lstm.weight_hh.device
+            return ActorCriticOutput(
+                torch.zeros(n, 0, self.actor_linear.out_features, device=device),
+                torch.zeros(n, 0, self.critic_linear.out_features, device=device),
+            )
+        features = self.encode_many(obs.flatten(0, 1)).view(n, t, -1)
+        outputs = [self.step(x) for x in features.unbind(dim=1)]
+        return ActorCriticOutput(
+            torch.stack([o.logits_act for o in outputs], dim=1),
+            torch.stack([o.value_out for o in outputs], dim=1),
+        )
 
     @torch.no_grad()
     def burn_in(self, obs: Tensor) -> None:
@@ -133,19 +142,6 @@ class CnnLstmActorCritic(nn.Module):
 
 def _chunks(x: Tensor, size: int) -> list[Tensor]:
     return [x[i : i + size] for i in range(0, x.size(0), size)]
-
-
-def _stack(outputs: list[ActorCriticOutput], n: int, model: CnnLstmActorCritic) -> ActorCriticOutput:
-    if not outputs:
-        device = model.lstm.weight_hh.device
-        return ActorCriticOutput(
-            torch.zeros(n, 0, model.actor_linear.out_features, device=device),
-            torch.zeros(n, 0, model.critic_linear.out_features, device=device),
-        )
-    return ActorCriticOutput(
-        torch.stack([o.logits_act for o in outputs], dim=1),
-        torch.stack([o.value_out for o in outputs], dim=1),
-    )
 
 
 class _RecomputedEncoding(torch.autograd.Function):

@@ -267,6 +267,8 @@ def test_policy_interface_keeps_state_between_calls() -> None:
     with pytest.raises(AssertionError, match="reset"):
         ac.act(torch.rand(2, 3, 64, 64))
     ac.reset(2)
+    ac.burn_in(torch.rand(2, 0, 3, 64, 64))  # an empty burn-in leaves the zero state
+    assert torch.equal(ac.model.hx, torch.zeros(2, 512))  # type: ignore[arg-type]
     ac.burn_in(torch.rand(2, 4, 3, 64, 64))
     state_after_burn_in = ac.model.hx.clone()  # type: ignore[union-attr]
     frame = torch.rand(2, 3, 64, 64)
