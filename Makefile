@@ -24,7 +24,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 quickstart: $(BIN)/.installed
-	$(BIN)/iris config show params=quickstart
+	$(BIN)/iris train params=quickstart
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

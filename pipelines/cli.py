@@ -7,6 +7,7 @@ env.train.id=BreakoutNoFrameskip-v4``. Bad configuration exits with code 2 and n
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,43 @@ ParamsFile = Annotated[
 def _fail(error: ConfigError) -> typer.Exit:
     typer.echo(f"error: invalid configuration: {error}", err=True)
     return typer.Exit(EXIT_BAD_CONFIG)
+
+
+@app.command("train")
+def train(
+    overrides: Overrides = None,
+    params_file: ParamsFile = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run folder (default: outputs/<date>/<time>).")
+    ] = None,
+) -> None:
+    """Run a whole training campaign (collect → tokenizer → world model → actor-critic → evaluate)."""
+    try:
+        cfg = config_loader.load_config(overrides=overrides or [], params_file=params_file)
+    except ConfigError as error:
+        raise _fail(error) from None
+    from pipelines.campaign import EpochReport, run_campaign  # heavy imports only when training
+
+    folder = run_dir or Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+    typer.echo(f"run folder: {folder}")
+
+    def show(report: EpochReport) -> None:
+        parts = [f"epoch {report.epoch:4d}", f"{report.seconds:6.1f}s", f"episodes {report.num_episodes}"]
+        for key in (
+            "collect/return_mean",
+            "tokenizer/train/reconstruction_loss_l2",
+            "world_model/train/loss_latents",
+            "actor_critic/train/policy_entropy",
+            "test/return_mean",
+            "test/crafter_score",
+        ):
+            value = {**report.train, **report.evaluation}.get(key)
+            if value is not None:
+                parts.append(f"{key.replace('/train', '')} {value:.4g}")
+        typer.echo("  ".join(parts))
+
+    run_campaign(cfg, folder, on_epoch=show)
+    typer.echo(f"done: metrics in {folder / 'metrics.jsonl'}, agent in {folder / 'agent.pt'}")
 
 
 @config_app.command("show")
