@@ -32,7 +32,7 @@ from iris_core.data.sampler import SegmentSampler, load_batch
 from iris_core.data.structures import Episode, Segment, SegmentId
 from pipelines.storage import EpisodeStoreWriter, StoreAttributes, ZarrEpisodeDataset
 from pipelines.storage.dataset import SEGMENT_FIELDS
-from pipelines.storage.episode_store import array_of
+from pipelines.storage.episode_store import array_of, from_stored_frames
 from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS
 
 RAW_OBS_BYTES = 3 * 64 * 64
@@ -101,7 +101,7 @@ def generate_synthetic_store(url: str, frames: int, episode_length: int = 200) -
         b = min(frames, a + step)
         t = np.arange(a, b)
         arrays["obs"][a:b] = np.broadcast_to(
-            (t % 251 + 1).astype(np.uint8)[:, None, None, None], (b - a, 3, 64, 64)
+            (t % 251 + 1).astype(np.uint8)[:, None, None, None], (b - a, 64, 64, 3)
         )
         arrays["act"][a:b] = t % 17
         arrays["rew"][a:b] = (t % 7 == 0).astype(np.float32)
@@ -155,7 +155,8 @@ def load_with(
 
     def fetch(job: tuple[str, object]) -> np.ndarray:
         name, r = job
-        return np.asarray(arrays[(r.store.url, name)][r.store_start : r.store_stop])  # type: ignore[attr-defined]
+        values = np.asarray(arrays[(r.store.url, name)][r.store_start : r.store_stop])  # type: ignore[attr-defined]
+        return from_stored_frames(values) if name == "obs" else values
 
     results = iter(pool.map(fetch, jobs) if pool else map(fetch, jobs))
     L, B = ids[0].stop - ids[0].start, len(ids)

@@ -4,7 +4,7 @@ Layout of ``<iteration>.zarr`` (a Zarr v3 group)::
 
     zarr.json       group attributes: schema_version, env_id, seed, iteration, policy_version,
                     obs_shape, with_achievements
-    obs             (N, C, H, W) uint8, chunks of 32 frames, zstd
+    obs             (N, H, W, C) uint8, chunks of 32 frames, zstd (read back as (N, C, H, W))
     act             (N,) int16      ┐
     rew             (N,) float32    │ chunks of 1024 steps, zstd
     end             (N,) uint8      │
@@ -58,8 +58,21 @@ FIELDS = ("obs", *STEP_FIELDS)
 
 
 def compressors() -> tuple[zarr.codecs.ZstdCodec]:
+    # Level 9: on Crafter frames ~10% smaller than the default level 3 and no slower to decode;
+    # encoding costs ~4 ms per 32-frame chunk, far below the cost of stepping the game.
     # The zstd frame checksum turns a flipped byte in a chunk into a read error, not silent garbage.
-    return (zarr.codecs.ZstdCodec(level=3, checksum=True),)
+    return (zarr.codecs.ZstdCodec(level=9, checksum=True),)
+
+
+def to_stored_frames(obs: np.ndarray) -> np.ndarray:
+    """(T, C, H, W) -> (T, H, W, C). Pixels with their three channels side by side compress ~15%
+    better than channel planes (Crafter), and the transpose back costs little next to decoding."""
+    return np.ascontiguousarray(obs.transpose(0, 2, 3, 1))
+
+
+def from_stored_frames(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, C) -> (T, C, H, W), as a view."""
+    return frames.transpose(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -183,8 +196,11 @@ class EpisodeStore:
 
     def _check_shapes(self) -> None:
         shapes = {name: a.shape for name, a in self._arrays.items()}
-        if shapes["obs"][1:] != self.attributes.obs_shape:
-            raise StoreCorruptedError(self.url, f"obs has frames of shape {shapes['obs'][1:]}")
+        c, h, w = self.attributes.obs_shape
+        if shapes["obs"][1:] != (h, w, c):
+            raise StoreCorruptedError(
+                self.url, f"obs holds frames of shape {shapes['obs'][1:]}, not {(h, w, c)}"
+            )
         for name in FIELDS:
             if shapes[name][0] < self.num_frames:
                 raise StoreCorruptedError(
@@ -201,13 +217,14 @@ class EpisodeStore:
         return [StoredPart(int(e), int(p), int(s), int(n), bool(f)) for e, p, s, n, f in self.index]
 
     async def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Steps ``[start, stop)`` of array ``name`` (only the chunks they cover are fetched)."""
+        """Steps ``[start, stop)`` of array ``name`` (only the chunks they cover are fetched).
+        Frames come back as a (T, C, H, W) view."""
         assert 0 <= start <= stop <= self.num_frames, (name, start, stop, self.num_frames)
         try:
             data = await self._arrays[name].getitem(slice(start, stop))
         except Exception as error:
             raise StoreCorruptedError(self.url, f"cannot read '{name}'[{start}:{stop}]: {error!r}") from None
-        return np.asarray(data)
+        return from_stored_frames(np.asarray(data)) if name == "obs" else np.asarray(data)
 
     async def read_ranges(self, name: str, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Several ``[start, stop)`` ranges of array ``name``.
@@ -240,7 +257,7 @@ class EpisodeStore:
             return list(await asyncio.gather(*(self.read(n, start, start + length) for n in FIELDS)))
 
         obs, act, rew, end, trunc = sync(gather())
-        return Episode(obs=obs, act=act.astype(np.int64), rew=rew, end=end, trunc=trunc)
+        return Episode(obs=np.ascontiguousarray(obs), act=act.astype(np.int64), rew=rew, end=end, trunc=trunc)
 
     def table(self) -> pd.DataFrame:
         """The per-part table (validated): one row per committed index row."""

@@ -30,6 +30,7 @@ from pipelines.storage.episode_store import (
     compressors,
     open_group,
     table_frame,
+    to_stored_frames,
 )
 from pipelines.storage.errors import StoreError, TableValidationError
 from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS, validate_table
@@ -56,8 +57,8 @@ class EpisodeStoreWriter:
             store=locations.zarr_store(url, read_only=False), mode="w-", attributes=attributes.to_json()
         )
         common: dict[str, Any] = {"compressors": compressors(), "fill_value": 0}
-        group.create_array("obs", shape=(0, *attributes.obs_shape), dtype=np.uint8,
-                           chunks=(FRAME_CHUNK, *attributes.obs_shape), **common)  # fmt: skip
+        c, h, w = attributes.obs_shape
+        group.create_array("obs", shape=(0, h, w, c), dtype=np.uint8, chunks=(FRAME_CHUNK, h, w, c), **common)
         for name in STEP_FIELDS:
             group.create_array(name, shape=(0,), dtype=STEP_DTYPES[name], chunks=(STEP_CHUNK,), **common)
         group.create_array("return", shape=(0,), dtype=np.float64, chunks=(INDEX_CHUNK,), **common)
@@ -113,7 +114,7 @@ class EpisodeStoreWriter:
 
         arrays = self._arrays
         data = {
-            "obs": episode.obs,
+            "obs": to_stored_frames(episode.obs),
             **{name: getattr(episode, name).astype(STEP_DTYPES[name]) for name in STEP_FIELDS},
         }
 
