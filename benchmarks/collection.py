@@ -28,7 +28,7 @@ from iris_core.config import IrisConfig
 from iris_core.envs.crafter import make_crafter
 from iris_core.envs.factory import BatchEnv, SeedFirstReset
 from iris_core.models.actor_critic import ActorCritic
-from iris_core.training.collector import Collector
+from iris_core.training.collector import Collector, CpuInferencePolicy
 
 
 def make_policy(num_actions: int) -> ActorCritic:
@@ -37,30 +37,6 @@ def make_policy(num_actions: int) -> ActorCritic:
     model = ActorCritic(config, image_channels=3)
     model.eval()
     return model
-
-
-class CpuInferencePolicy:
-    """The policy for CPU collection: channels-last convolutions, optionally bf16 autocast."""
-
-    def __init__(self, model: ActorCritic, bf16: bool) -> None:
-        self.model = model.to(memory_format=torch.channels_last)
-        self.bf16 = bf16
-
-    def _context(self) -> Any:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
-
-    def reset(self, n: int) -> None:
-        self.model.reset(n)
-
-    def burn_in(self, obs: torch.Tensor) -> None:
-        with self._context():
-            self.model.burn_in(obs)
-
-    def act(self, obs: torch.Tensor, should_sample: bool = True, temperature: float = 1.0) -> torch.Tensor:
-        with self._context():
-            return self.model.act(
-                obs.contiguous(memory_format=torch.channels_last), should_sample, temperature
-            )
 
 
 def _crafter_env(seed: int, fast: bool) -> Any:

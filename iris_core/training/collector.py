@@ -50,6 +50,36 @@ class Policy(Protocol):
         ...
 
 
+class CpuInferencePolicy:
+    """A policy prepared for collection on CPU: channels-last convolutions (oneDNN's fast layout;
+    the same math) and, if asked, bf16 autocast (about 2× faster on CPUs with bf16 instructions,
+    but the action probabilities then differ slightly from fp32: off by default).
+
+    Converts a module policy to channels-last in place: give it the collection process's copy.
+    """
+
+    def __init__(self, policy: Policy, bf16: bool = False) -> None:
+        if isinstance(policy, torch.nn.Module):
+            policy.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.policy = policy
+        self.bf16 = bf16
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def reset(self, n: int) -> None:
+        self.policy.reset(n)
+
+    def burn_in(self, obs: torch.Tensor) -> None:
+        with self._autocast():
+            self.policy.burn_in(obs)
+
+    def act(self, obs: torch.Tensor, should_sample: bool, temperature: float) -> torch.Tensor:
+        with self._autocast():
+            frames = obs.contiguous(memory_format=torch.channels_last)
+            return self.policy.act(frames, should_sample, temperature)
+
+
 class EpisodeSink(Protocol):
     """Where collected steps go (episode storage implements it).
 

@@ -275,3 +275,45 @@ def test_test_episodes_exact_count_fresh_lstm_and_sampling() -> None:
     assert envs[1].steps_taken == 12  # idle in the last round, which needs one episode only
     stored = sink.episodes()
     assert sorted(stored) == [0, 1, 2, 3, 4] and all(f for _, f in stored.values())
+
+
+def test_with_the_real_actor_critic_on_crafter() -> None:
+    """The collector drives the project's ActorCritic through the Policy interface (also wrapped
+    for CPU inference), with burn-in, episodes split across calls and a batch reset."""
+    from iris_core.config import ActorCriticConfig, EnvSpec, FrameCnnConfig
+    from iris_core.envs.factory import make_batch_env
+    from iris_core.models.actor_critic import ActorCritic
+    from iris_core.training.collector import CpuInferencePolicy
+
+    cnn = FrameCnnConfig(num_channels=8, mult=(1, 1, 1), down=(1, 1, 1), latent_dim=4, norm_groups=4)
+    config = ActorCriticConfig(num_actions=17, lstm_dim=32, frame_encoder=cnn)
+    for policy in (ActorCritic(config, 3).eval(), CpuInferencePolicy(ActorCritic(config, 3).eval())):
+        sink = Sink()
+        collector = Collector(
+            make_batch_env(EnvSpec(max_episode_steps=15), 2, seed=0), sink, burn_in_length=5, seed=0
+        )
+        collector.collect(policy, 20, epsilon=0.01)
+        collector.collect(policy, 20, epsilon=0.01)
+        episodes = sink.episodes()
+        assert [len(e) for e, finished in episodes.values() if finished] == [15, 15]
+        assert all(e.obs.shape[1:] == (3, 64, 64) for e, _ in episodes.values())
+
+
+def test_cpu_inference_policy_keeps_the_math() -> None:
+    from iris_core.config import ActorCriticConfig, FrameCnnConfig
+    from iris_core.models.actor_critic import ActorCritic
+    from iris_core.training.collector import CpuInferencePolicy
+
+    cnn = FrameCnnConfig(num_channels=8, mult=(1, 2), down=(1, 1), latent_dim=4, norm_groups=4)
+    config = ActorCriticConfig(num_actions=17, lstm_dim=32, frame_encoder=cnn)
+    plain = ActorCritic(config, 3).eval()
+    fast = ActorCritic(config, 3).eval()
+    fast.load_state_dict(plain.state_dict())
+    wrapped = CpuInferencePolicy(fast)
+    obs = torch.rand(6, 3, 64, 64)
+    with torch.no_grad():
+        plain.reset(6)
+        wrapped.reset(6)
+        for _ in range(3):
+            expected = plain.act(obs, False, 1.0)
+            np.testing.assert_array_equal(wrapped.act(obs, False, 1.0).numpy(), expected.numpy())
