@@ -63,7 +63,7 @@ def time_components(num_envs: int, policy_name: str, fast: bool, bf16: bool) -> 
         obs = torch.rand(num_envs, 3, 64, 64)
         with torch.no_grad():
             policy.reset(num_envs)
-            policy.act(obs)
+            policy.act(obs, True, 1.0)
             start, calls = time.perf_counter(), 20
             for _ in range(calls):
                 policy.act(obs, True, 1.0)
