@@ -28,6 +28,7 @@ committed size and removes the ``*.partial`` temporaries of interrupted chunk wr
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,14 +169,43 @@ def _committed_index(index: np.ndarray, store: str) -> np.ndarray:
     return rows
 
 
+class ChunkCache:
+    """Decoded chunks of the small per-step arrays, bounded in bytes, least recently used evicted.
+
+    Committed steps never change, so cached chunks stay valid. One cache serves all stores of a
+    dataset: its size, not the dataset's, bounds the memory it takes.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._chunks: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[str, str, int]) -> np.ndarray | None:
+        chunk = self._chunks.get(key)
+        if chunk is not None:
+            self._chunks.move_to_end(key)
+        return chunk
+
+    def put(self, key: tuple[str, str, int], chunk: np.ndarray) -> None:
+        if chunk.nbytes > self.max_bytes or key in self._chunks:
+            return
+        self._chunks[key] = chunk
+        self.nbytes += chunk.nbytes
+        while self.nbytes > self.max_bytes:
+            _, evicted = self._chunks.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+
 class EpisodeStore:
     """Read-only view of the committed episodes of one store.
 
     Opening reads the attributes and the index (a few bytes per episode); frames are read on demand.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, cache: ChunkCache | None = None) -> None:
         self.url = str(url)
+        self.cache = cache if cache is not None else ChunkCache(0)
         self._group = open_group(self.url, read_only=True)
         self.attributes = StoreAttributes.from_json(self._group.attrs.asdict(), self.url)
         try:
@@ -237,11 +267,16 @@ class EpisodeStore:
         if name == "obs":
             return list(await asyncio.gather(*(self.read(name, a, b) for a, b in ranges)))
         C = STEP_CHUNK
-        chunks = sorted({c for a, b in ranges for c in range(a // C, (b - 1) // C + 1)})
+        needed = sorted({c for a, b in ranges for c in range(a // C, (b - 1) // C + 1)})
+        by_chunk = {c: block for c in needed if (block := self.cache.get((self.url, name, c))) is not None}
+        missing = [c for c in needed if c not in by_chunk]
         blocks = await asyncio.gather(
-            *(self.read(name, c * C, min((c + 1) * C, self.num_frames)) for c in chunks)
+            *(self.read(name, c * C, min((c + 1) * C, self.num_frames)) for c in missing)
         )
-        by_chunk = dict(zip(chunks, blocks, strict=True))
+        for c, block in zip(missing, blocks, strict=True):
+            by_chunk[c] = block
+            if len(block) == C:  # a store's last, partial chunk may still grow: never cached
+                self.cache.put((self.url, name, c), block)
         out = []
         for a, b in ranges:
             pieces = [by_chunk[c][max(a, c * C) - c * C : min(b, (c + 1) * C) - c * C]

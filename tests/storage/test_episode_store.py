@@ -12,7 +12,8 @@ import pytest
 import zarr
 from storage_helpers import assert_same_episode, make_episode
 
-from iris_core.data.structures import SegmentId, make_segment
+from iris_core.data.sampler import SegmentSampler
+from iris_core.data.structures import Episode, SegmentId, make_segment
 from pipelines.storage import (
     EpisodeStore,
     EpisodeStoreWriter,
@@ -24,7 +25,7 @@ from pipelines.storage import (
     TableValidationError,
     ZarrEpisodeDataset,
 )
-from pipelines.storage.episode_store import FRAME_CHUNK
+from pipelines.storage.episode_store import FRAME_CHUNK, STEP_CHUNK, ChunkCache
 from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS
 
 LENGTHS = [1, 31, 32, 33, 70, 5]
@@ -225,3 +226,43 @@ def test_reads_touch_only_covered_chunks(tmp_path: Path) -> None:
     (segment,) = ZarrEpisodeDataset([url]).load_segments([segment_id])
     np.testing.assert_array_equal(segment.obs, make_segment(episodes[3], segment_id).obs)
     assert FRAME_CHUNK == 32
+
+
+def test_chunk_cache_is_bounded_and_least_recently_used() -> None:
+    cache = ChunkCache(max_bytes=3 * 800)
+    block = np.zeros(100, np.int64)  # 800 bytes
+    for c in range(4):
+        cache.put(("s", "act", c), block)
+    assert cache.nbytes == 2400 and cache.get(("s", "act", 0)) is None
+    assert cache.get(("s", "act", 1)) is not None  # now the most recently used
+    cache.put(("s", "act", 4), block)
+    assert cache.get(("s", "act", 2)) is None and cache.get(("s", "act", 1)) is not None
+    ChunkCache(0).put(("s", "act", 0), block)  # a zero budget caches nothing
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 3 * STEP_CHUNK * 4, 32 * 2**20])
+def test_cached_step_reads_equal_make_segment(tmp_path: Path, cache_bytes: int) -> None:
+    """Several 1024-step chunks (tiny frames keep it fast), read with no, a thrashing and a large cache."""
+    url = str(tmp_path / "0.zarr")
+    writer = EpisodeStoreWriter.create(url, StoreAttributes("tiny", 0, 0, 0, obs_shape=(1, 2, 2)))
+    episodes = []
+    for i in range(35):
+        rng = np.random.default_rng(i)
+        n = int(rng.integers(1, 200))
+        end = np.zeros(n, np.uint8)
+        end[-1] = 1
+        obs = rng.integers(0, 256, (n, 1, 2, 2), dtype=np.uint8)
+        rew = rng.normal(size=n).astype(np.float32)
+        episodes.append(Episode(obs, rng.integers(0, 17, n), rew, end, np.zeros(n, np.uint8)))
+        writer.append(episodes[-1], episode_id=i)
+    dataset = ZarrEpisodeDataset([url], step_cache_bytes=cache_bytes)
+    assert dataset.num_frames > 3 * STEP_CHUNK
+    sampler = SegmentSampler(21, 64, priority_alpha=5.0, can_sample_beyond_end=True, seed=0)
+    for _ in range(4):
+        ids = sampler.sample(dataset.episode_lengths())
+        for got, sid in zip(dataset.load_segments(ids), ids, strict=True):
+            want = make_segment(episodes[sid.episode_id], sid)
+            for name in ("obs", "act", "rew", "end", "mask_padding"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    assert dataset.step_cache.nbytes <= cache_bytes
+    assert (dataset.step_cache.nbytes > 0) == (cache_bytes > 0)
