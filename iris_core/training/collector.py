@@ -83,16 +83,13 @@ class CpuInferencePolicy:
 class EpisodeSink(Protocol):
     """Where collected steps go (episode storage implements it).
 
-    ``part`` holds steps ``[start, start + len(part))`` of episode ``episode_id`` and is its
-    ``part_index``-th part (0, 1, ...); parts of one episode arrive in order, and the last one has
-    ``finished=True`` (its final ``end`` is 1).
+    ``part`` holds steps ``[start, start + len(part))`` of episode ``episode_id``; parts of one
+    episode arrive in order, and the last one has ``finished=True`` (its final ``end`` is 1).
     Every part's ``info`` holds the per-episode facts known at its last step, such as Crafter's
     ``achievements`` counters so far. A part is never empty.
     """
 
-    def write(
-        self, episode_id: int, part: Episode, *, start: int, part_index: int, finished: bool
-    ) -> None: ...
+    def write(self, episode_id: int, part: Episode, *, start: int, finished: bool) -> None: ...
 
 
 @dataclass
@@ -117,7 +114,6 @@ class _OngoingEpisode:
 
     episode_id: int
     written: int = 0  # steps already sent to the sink
-    parts_written: int = 0
     episode_return: float = 0.0
     action_counts: np.ndarray | None = None
     tail: np.ndarray | None = None  # the last burn_in_length frames already written
@@ -162,18 +158,11 @@ class _OngoingEpisode:
             info=info,
         )
         if sink is not None:
-            sink.write(
-                self.episode_id,
-                part,
-                start=self.written,
-                part_index=self.parts_written,
-                finished=self.finished,
-            )
+            sink.write(self.episode_id, part, start=self.written, finished=self.finished)
         if burn_in_length > 0:
             frames = part.obs if self.tail is None else np.concatenate([self.tail, part.obs])
             self.tail = frames[-burn_in_length:].copy()
         self.written += len(part)
-        self.parts_written += 1
         self.obs, self.act, self.rew, self.end, self.trunc = [], [], [], [], []
 
     def burn_in_frames(self, burn_in_length: int, frame_shape: tuple[int, ...]) -> np.ndarray:
@@ -354,7 +343,6 @@ class Collector:
                 {
                     "episode_id": e.episode_id,
                     "written": e.written,
-                    "parts_written": e.parts_written,
                     "episode_return": e.episode_return,
                     "action_counts": e.action_counts,
                     "tail": e.tail,

@@ -98,7 +98,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.parts: list[tuple[int, int, Episode, bool]] = []
 
-    def write(self, episode_id: int, part: Episode, *, start: int, part_index: int, finished: bool) -> None:
+    def write(self, episode_id: int, part: Episode, *, start: int, finished: bool) -> None:
         self.parts.append((episode_id, start, part, finished))
 
 
