@@ -32,7 +32,7 @@ from iris_core.models.agent import Agent
 from iris_core.training.collector import Collector, EpisodeMetrics, collect_test_epoch
 from iris_core.training.optim import make_optimizer
 from iris_core.training.scores import crafter_score
-from iris_core.training.train_component import train_component
+from iris_core.training.train_component import enable_tf32, train_component
 from pipelines.storage import (
     DatasetManifest,
     EpisodeStoreWriter,
@@ -189,6 +189,8 @@ def run_campaign(
     seed = config.common.seed
     torch.manual_seed(seed)
     device = resolve_device(config.common.device)
+    if device.type == "cuda":
+        enable_tf32()  # as the reference trains (spec §6)
 
     train_env = make_batch_env(config.env.train, config.collection.train.num_envs, seed)
     test_env = make_batch_env(config.env.test, config.collection.test.num_envs, seed + 1_000_000)
@@ -235,7 +237,9 @@ def run_campaign(
             writer = EpisodeStoreWriter.create(str(episodes_dir / store_name), attributes)
             collector.sink = StoreSink(writer, next_part)
             agent.actor_critic.eval()
+            phase = time.perf_counter()
             result = collector.collect_epoch(agent.actor_critic, epoch, config.collection.train)
+            report.train["collect/seconds"] = time.perf_counter() - phase
             manifest = manifest.with_store(store_name)
             write_manifest(manifest_url, manifest)
             report.collected_steps = result.num_steps
@@ -263,6 +267,7 @@ def run_campaign(
                 deps = {"tokenizer": agent.tokenizer}
             elif name == "actor_critic":
                 deps = {"tokenizer": agent.tokenizer, "world_model": agent.world_model}
+            phase = time.perf_counter()
             means = train_component(
                 getattr(agent, name),
                 optimizers[name],
@@ -277,10 +282,12 @@ def run_campaign(
             getattr(agent, name).eval()
             steps_done[name] += num_steps
             report.train.update({f"{name}/train/{k}": v for k, v in means.items()})
+            report.train[f"{name}/seconds"] = time.perf_counter() - phase
 
         # 3. Evaluate on the paper's cadence.
         if config.evaluation.should and epoch % config.evaluation.every == 0:
             agent.eval()
+            phase = time.perf_counter()
             test_sink = MemorySink()
             test_episodes = collect_test_epoch(
                 test_env,
@@ -293,6 +300,7 @@ def run_campaign(
             )
             report.evaluation.update(summarise_test_episodes(test_episodes))
             report.evaluation.update(held_out_losses(agent, test_sink.episodes(), config))
+            report.evaluation["evaluation/seconds"] = time.perf_counter() - phase
 
         # 4. Checkpoint and log.
         _atomic_torch_save(
