@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install quickstart test lint typecheck contracts pytest clean
+.PHONY: install quickstart test test-all lint typecheck contracts pytest clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ pytest: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck contracts pytest
+
+# The slow tests too (longer learning runs, 40 crash-kills of the episode store): about 5 more minutes.
+test-all: PYTEST_ARGS += -m "slow or not slow"
+test-all: test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
