@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from iris_core.config import FrameCnnConfig
+from iris_core.models.recomputed_conv import conv_of, norm_act_conv
 
 
 class ResidualBlock(nn.Module):
@@ -37,7 +38,9 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.skip_projection(x) + self.f(x)
+        norm1, _, conv1, norm2, _, conv2 = self.f
+        h = norm_act_conv(x, norm1, conv1)
+        out: Tensor = self.skip_projection(x) + norm_act_conv(h, norm2, conv2)
         return out
 
 
@@ -61,12 +64,24 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return out
+        # The upsampled map is 4× larger than x: recomputed for the backward pass, not kept.
+        return conv_of(_upsample, (), self.conv, x)
+
+
+def _upsample(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 def _check_input(x: Tensor, channels: int) -> None:
     assert x.ndim == 4 and x.size(1) == channels, f"expected (N, {channels}, H, W), got {tuple(x.shape)}"
+
+
+def _run(layers: nn.Sequential, x: Tensor) -> Tensor:
+    """``layers`` in order; the final GN → SiLU → conv saves only its input (see ``norm_act_conv``)."""
+    *body, norm, _, conv = layers
+    for layer in body:
+        x = layer(x)
+    return norm_act_conv(x, norm, conv)
 
 
 class FrameEncoder(nn.Module):
@@ -98,8 +113,7 @@ class FrameEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels)
-        out: Tensor = self.layers(x)
-        return out
+        return _run(self.layers, x)
 
 
 class FrameDecoder(nn.Module):
@@ -134,5 +148,4 @@ class FrameDecoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels)
-        out: Tensor = self.layers(x)
-        return out
+        return _run(self.layers, x)
