@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -38,8 +39,11 @@ def norm_act_conv(x: Tensor, norm: nn.Module, conv: nn.Module) -> Tensor:
     assert isinstance(norm, nn.GroupNorm) and isinstance(conv, nn.Conv2d), (norm, conv)
 
     def prepare(t: Tensor) -> Tensor:
+        # Functional, not ``norm(t)``: a module call inside the backward pass would fire global
+        # module hooks (e.g. FlopCounterMode's), which cannot run inside a backward pass.
+        normed = F.group_norm(t, norm.num_groups, norm.weight, norm.bias, norm.eps)
         # In place where no graph is recorded (inference, the custom forward): one map fewer.
-        return torch.nn.functional.silu(norm(t), inplace=not torch.is_grad_enabled())
+        return F.silu(normed, inplace=not torch.is_grad_enabled())
 
     return conv_of(prepare, tuple(norm.parameters()), conv, x)
 
