@@ -108,6 +108,9 @@ class FrameCnnConfig:
     down: tuple[int, ...] = (1, 0, 1, 1, 0)
     latent_dim: int | None = None
     norm_groups: int = 32  # GroupNorm(32) in every residual block
+    # Weights and activations in NHWC: the layout oneDNN's CPU convolutions use natively, so no
+    # reorder copies around each convolution (same values; faster fp32 inference, less memory).
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         _nested(self, "mult", tuple(self.mult))

@@ -11,6 +11,7 @@ module and its inputs to ``torch.channels_last`` for speed without changing the 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -76,8 +77,10 @@ def _check_input(x: Tensor, channels: int) -> None:
     assert x.ndim == 4 and x.size(1) == channels, f"expected (N, {channels}, H, W), got {tuple(x.shape)}"
 
 
-def _run(layers: nn.Sequential, x: Tensor) -> Tensor:
+def _run(layers: nn.Sequential, x: Tensor, channels_last: bool) -> Tensor:
     """``layers`` in order; the final GN → SiLU → conv saves only its input (see ``norm_act_conv``)."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     *body, norm, _, conv = layers
     for layer in body:
         x = layer(x)
@@ -110,10 +113,13 @@ class FrameEncoder(nn.Module):
             nn.Conv2d(width, config.latent_dim, kernel_size=3, padding=1),
         ]
         self.layers = nn.Sequential(*layers)
+        self.channels_last = config.channels_last
+        if config.channels_last:
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels)
-        return _run(self.layers, x)
+        return _run(self.layers, x, self.channels_last)
 
 
 class FrameDecoder(nn.Module):
@@ -145,7 +151,10 @@ class FrameDecoder(nn.Module):
             nn.Conv2d(config.num_channels, out_channels, kernel_size=3, padding=1),
         ]
         self.layers = nn.Sequential(*layers)
+        self.channels_last = config.channels_last
+        if config.channels_last:
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels)
-        return _run(self.layers, x)
+        return _run(self.layers, x, self.channels_last)

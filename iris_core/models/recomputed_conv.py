@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+# ``prepare`` must return a new tensor that its own backward does not read (GN → SiLU, upsampling).
 Prepare = Callable[[Tensor], Tensor]
 
 
@@ -85,6 +86,10 @@ class _ConvOfPrepared(torch.autograd.Function):
             conv.groups,
             [True, True, conv.bias is not None],
         )
+        if prepared.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            # Neither SiLU's nor upsampling's backward reads its own output: free the map now
+            # instead of keeping it alive until the end of the recomputed graph's backward.
+            prepared.detach().untyped_storage().resize_(0)
         inputs = [t for t in (x, *prepare_params) if t.requires_grad]
         grads = iter(
             torch.autograd.grad(prepared, inputs, grad_prepared.to(prepared.dtype)) if inputs else ()
