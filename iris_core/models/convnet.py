@@ -41,8 +41,12 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         norm1, _, conv1, norm2, _, conv2 = self.f
         h = norm_act_conv(x, norm1, conv1)
-        out: Tensor = self.skip_projection(x) + norm_act_conv(h, norm2, conv2)
-        return out
+        out = norm_act_conv(h, norm2, conv2)
+        skip: Tensor = self.skip_projection(x)
+        if out.dtype != skip.dtype:  # keep the promotion of a plain sum
+            return skip + out
+        # In place (autograd allows it: nothing saved the conv's output): one map fewer to allocate.
+        return out.add_(skip)
 
 
 class Downsample(nn.Module):
