@@ -5,8 +5,10 @@ frames. Both follow one ``FrameCnnConfig``: base width ``num_channels``, per-sta
 multipliers ``mult`` and a resolution change after stage i when ``down[i]``. There is no
 attention in any CNN. Inputs are ``(N, C, H, W)``; callers flatten batch and time themselves.
 
-The layers only use convolutions, GroupNorm and element-wise ops, so a caller may convert a
-module and its inputs to ``torch.channels_last`` for speed without changing the math.
+The layers only use convolutions, GroupNorm and element-wise ops, so the memory layout does not
+change the math: with ``channels_last`` (the default) weights and inputs are NHWC. For training,
+each GN → SiLU → conv and upsample → conv keeps only its input for the backward pass
+(``recomputed_conv``), which is what keeps the full-resolution activations affordable.
 """
 
 from __future__ import annotations
