@@ -227,3 +227,11 @@ def test_the_workspace_params_yaml_is_valid_and_plain() -> None:
     config = load_config(params_file=path)
     assert config == load_config(params="quickstart")
     assert "${" not in path.read_text()
+
+
+def test_the_workspace_params_yaml_is_up_to_date(tmp_path: Path) -> None:
+    # Every key of the schema is written out, so `dvc params diff` sees every change.
+    path = Path(__file__).resolve().parents[2] / "params.yaml"
+    fresh = tmp_path / "params.yaml"
+    write_params(fresh, params="quickstart")
+    assert path.read_text() == fresh.read_text(), "regenerate with: iris config write params=quickstart"
