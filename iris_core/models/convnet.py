@@ -93,7 +93,28 @@ def _run(layers: nn.Sequential, x: Tensor, channels_last: bool) -> Tensor:
     return norm_act_conv(x, norm, conv)
 
 
-class FrameEncoder(nn.Module):
+class _FrameCnn(nn.Module):
+    """What encoder and decoder share: the GN → SiLU → 3×3 conv head, the layout, ``forward``."""
+
+    in_channels: int
+
+    def _finish(self, layers: list[nn.Module], width: int, out_channels: int, config: FrameCnnConfig) -> None:
+        layers += [
+            nn.GroupNorm(config.norm_groups, width),
+            nn.SiLU(inplace=True),
+            nn.Conv2d(width, out_channels, kernel_size=3, padding=1),
+        ]
+        self.layers = nn.Sequential(*layers)
+        self.channels_last = config.channels_last
+        if config.channels_last:
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.in_channels)
+        return _run(self.layers, x, self.channels_last)
+
+
+class FrameEncoder(_FrameCnn):
     """``(N, in_channels, H, W)`` → ``(N, latent_dim, H / 2^d, W / 2^d)``, d = number of downsamples.
 
     Crafter tokenizer encoder: 3×3 conv 7→64; RB(64→64), Down, RB(64→64), RB(64→128), Down,
@@ -113,22 +134,10 @@ class FrameEncoder(nn.Module):
             width = stage_width
             if down:
                 layers.append(Downsample(width))
-        layers += [
-            nn.GroupNorm(config.norm_groups, width),
-            nn.SiLU(inplace=True),
-            nn.Conv2d(width, config.latent_dim, kernel_size=3, padding=1),
-        ]
-        self.layers = nn.Sequential(*layers)
-        self.channels_last = config.channels_last
-        if config.channels_last:
-            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels)
-        return _run(self.layers, x, self.channels_last)
+        self._finish(layers, width, config.latent_dim, config)
 
 
-class FrameDecoder(nn.Module):
+class FrameDecoder(_FrameCnn):
     """``(N, latent_dim, h, w)`` → ``(N, out_channels, h·2^d, w·2^d)``: the mirror of ``FrameEncoder``.
 
     Stages run in reverse order; stage i maps ``mult[i]·C`` channels to ``mult[i-1]·C`` (C for the
@@ -151,16 +160,4 @@ class FrameDecoder(nn.Module):
             if config.down[i]:
                 layers.append(Upsample(widths[i]))
             layers.append(ResidualBlock(widths[i], stage_outputs[i], config.norm_groups))
-        layers += [
-            nn.GroupNorm(config.norm_groups, config.num_channels),
-            nn.SiLU(inplace=True),
-            nn.Conv2d(config.num_channels, out_channels, kernel_size=3, padding=1),
-        ]
-        self.layers = nn.Sequential(*layers)
-        self.channels_last = config.channels_last
-        if config.channels_last:
-            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels)
-        return _run(self.layers, x, self.channels_last)
+        self._finish(layers, config.num_channels, out_channels, config)
