@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from iris_core.config import FrameCnnConfig
-from iris_core.models.recomputed_conv import conv_of, norm_act_conv
+from iris_core.models.recomputed_conv import batch_chunks, concat_batch, conv_of, norm_act_conv
 
 
 class ResidualBlock(nn.Module):
@@ -72,7 +72,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # The upsampled map is 4× larger than x: recomputed for the backward pass, not kept.
-        return conv_of(_upsample, (), self.conv, x)
+        return conv_of(_upsample, (), self.conv, x, growth=4)
 
 
 def _upsample(x: Tensor) -> Tensor:
@@ -94,9 +94,15 @@ def _run(layers: nn.Sequential, x: Tensor, channels_last: bool) -> Tensor:
 
 
 class _FrameCnn(nn.Module):
-    """What encoder and decoder share: the GN → SiLU → 3×3 conv head, the layout, ``forward``."""
+    """What encoder and decoder share: the GN → SiLU → 3×3 conv head, the layout, ``forward``.
+
+    Without autograd (inference: encoding in the world-model step, imagination, acting) the
+    whole network runs on batch chunks, so that only one chunk's maps exist at a time.
+    """
 
     in_channels: int
+    # (channels, resolution relative to the input) of every map the layers produce.
+    map_shapes: list[tuple[int, float]]
 
     def _finish(self, layers: list[nn.Module], width: int, out_channels: int, config: FrameCnnConfig) -> None:
         layers += [
@@ -111,7 +117,12 @@ class _FrameCnn(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels)
-        return _run(self.layers, x, self.channels_last)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return _run(self.layers, x, self.channels_last)
+        height, width = x.shape[-2:]
+        largest = max(c * int(height * scale) * int(width * scale) for c, scale in self.map_shapes)
+        chunks = batch_chunks(x.size(0), largest * max(x.element_size(), 2))
+        return concat_batch([_run(self.layers, x[chunk], self.channels_last) for chunk in chunks])
 
 
 class FrameEncoder(_FrameCnn):
@@ -127,13 +138,16 @@ class FrameEncoder(_FrameCnn):
         self.in_channels = in_channels
         self.out_channels = config.latent_dim
         layers: list[nn.Module] = [nn.Conv2d(in_channels, config.num_channels, kernel_size=3, padding=1)]
-        width = config.num_channels
+        width, scale = config.num_channels, 1.0
+        self.map_shapes = [(width, scale)]
         for mult, down in zip(config.mult, config.down, strict=True):
             stage_width = mult * config.num_channels
             layers.append(ResidualBlock(width, stage_width, config.norm_groups))
             width = stage_width
+            self.map_shapes.append((width, scale))
             if down:
                 layers.append(Downsample(width))
+                scale /= 2
         self._finish(layers, width, config.latent_dim, config)
 
 
@@ -154,10 +168,14 @@ class FrameDecoder(_FrameCnn):
         widths = [m * config.num_channels for m in config.mult]
         stage_outputs = [config.num_channels, *widths[:-1]]
         layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, widths[-1], kernel_size=3, padding=1)]
+        scale = 1.0
+        self.map_shapes = [(widths[-1], scale)]
         for i in reversed(range(len(widths))):
             # Mirror of the encoder: where stage i was followed by a downsample, it is now
             # preceded by an upsample at the same width.
             if config.down[i]:
                 layers.append(Upsample(widths[i]))
+                scale *= 2
             layers.append(ResidualBlock(widths[i], stage_outputs[i], config.norm_groups))
+            self.map_shapes += [(widths[i], scale), (stage_outputs[i], scale)]
         self._finish(layers, config.num_channels, out_channels, config)

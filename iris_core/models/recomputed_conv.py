@@ -24,13 +24,19 @@ from torch.autograd.function import once_differentiable
 Prepare = Callable[[Tensor], Tensor]
 
 
-def conv_of(prepare: Prepare, prepare_params: tuple[Tensor, ...], conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(prepare(x))``; ``prepare_params`` are the parameters ``prepare`` reads."""
+def conv_of(
+    prepare: Prepare, prepare_params: tuple[Tensor, ...], conv: nn.Conv2d, x: Tensor, growth: int = 1
+) -> Tensor:
+    """``conv(prepare(x))``; ``prepare_params`` are the parameters ``prepare`` reads, ``growth``
+    how many times more elements ``prepare``'s output has than ``x``."""
     params = (*prepare_params, conv.weight, *(() if conv.bias is None else (conv.bias,)))
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in params)):
         out: Tensor = conv(prepare(x))
         return out
-    result = _ConvOfPrepared.apply(prepare, conv, x, *params)  # type: ignore[no-untyped-call]
+    # Chunks are sized by the largest map of one frame: the input, prepared or output map.
+    per_frame = x[0].nbytes * growth * max(1, -(-conv.out_channels // conv.in_channels))
+    chunks = batch_chunks(x.size(0), per_frame)
+    result = _ConvOfPrepared.apply(prepare, conv, chunks, x, *params)  # type: ignore[no-untyped-call]
     assert isinstance(result, Tensor)
     return result
 
@@ -42,7 +48,7 @@ def norm_act_conv(x: Tensor, norm: nn.Module, conv: nn.Module) -> Tensor:
     def prepare(t: Tensor) -> Tensor:
         # Functional, not ``norm(t)``: a module call inside the backward pass would fire global
         # module hooks (e.g. FlopCounterMode's), which cannot run inside a backward pass.
-        normed = F.group_norm(t, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        normed = group_norm(t, norm.num_groups, norm.weight, norm.bias, norm.eps)
         # In place where no graph is recorded (inference, the custom forward): one map fewer.
         return F.silu(normed, inplace=not torch.is_grad_enabled())
 
@@ -51,10 +57,12 @@ def norm_act_conv(x: Tensor, norm: nn.Module, conv: nn.Module) -> Tensor:
 
 class _ConvOfPrepared(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, prepare: Prepare, conv: nn.Conv2d, x: Tensor, *params: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, prepare: Prepare, conv: nn.Conv2d, chunks: list[slice], x: Tensor, *params: Tensor
+    ) -> Tensor:
         # Runs under the caller's autocast, so ``conv`` casts exactly as it would outside.
-        out: Tensor = conv(prepare(x))
-        ctx.prepare, ctx.conv, ctx.conv_dtype = prepare, conv, out.dtype
+        out = concat_batch([conv(prepare(x[chunk])) for chunk in chunks])
+        ctx.prepare, ctx.conv, ctx.conv_dtype, ctx.chunks = prepare, conv, out.dtype, chunks
         device_type = x.device.type
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         ctx.num_prepare_params = len(params) - (1 if conv.bias is None else 2)
@@ -67,36 +75,122 @@ class _ConvOfPrepared(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         conv: nn.Conv2d = ctx.conv
         prepare_params = params[: ctx.num_prepare_params]
-        enabled, autocast_dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
-            x = x.detach().requires_grad_(ctx.needs_input_grad[2])
-            prepared = ctx.prepare(x)
-        # The autocast forward cast the conv's input, weight and bias to ``conv_dtype``.
-        dtype = ctx.conv_dtype
-        grad_prepared, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_out.to(dtype),
-            prepared.detach().to(dtype),
-            conv.weight.to(dtype),
-            None if conv.bias is None else [conv.bias.size(0)],
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            False,
-            [0, 0],
-            conv.groups,
-            [True, True, conv.bias is not None],
-        )
-        if prepared.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
-            # Neither SiLU's nor upsampling's backward reads its own output: free the map now
-            # instead of keeping it alive until the end of the recomputed graph's backward.
-            prepared.detach().untyped_storage().resize_(0)
-        inputs = [t for t in (x, *prepare_params) if t.requires_grad]
-        grads = iter(
-            torch.autograd.grad(prepared, inputs, grad_prepared.to(prepared.dtype)) if inputs else ()
-        )
-        grad_x = next(grads) if x.requires_grad else None
-        grad_prepare_params = [next(grads) if p.requires_grad else None for p in prepare_params]
-        conv_grads = [grad_weight.to(conv.weight.dtype)]
-        if conv.bias is not None:
-            conv_grads.append(grad_bias.to(conv.bias.dtype))
-        return (None, None, grad_x, *grad_prepare_params, *conv_grads)
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[3] else None
+        grad_prepare_params: list[Tensor | None] = [None] * len(prepare_params)
+        conv_grads: list[Tensor | None] = [None] * (len(params) - len(prepare_params))
+        # One batch chunk at a time: the recomputed map and its gradients exist for one chunk only.
+        for chunk in ctx.chunks:
+            chunk_grad_x, chunk_param_grads, chunk_conv_grads = _backward_chunk(
+                ctx, conv, x[chunk], grad_out[chunk], prepare_params
+            )
+            if grad_x is not None:
+                grad_x[chunk] = chunk_grad_x
+            for i, grad in chunk_param_grads.items():
+                grad_prepare_params[i] = _accumulate(grad_prepare_params[i], grad)
+            for i, grad in enumerate(chunk_conv_grads):
+                conv_grads[i] = _accumulate(conv_grads[i], grad)
+        conv_params = (conv.weight, *(() if conv.bias is None else (conv.bias,)))
+        conv_grads = [g.to(p.dtype) for g, p in zip(conv_grads, conv_params, strict=True) if g is not None]
+        return (None, None, None, grad_x, *grad_prepare_params, *conv_grads)
+
+
+# Maps are processed in batch chunks of at most about this many bytes. Besides bounding the
+# memory of recomputed maps and layout copies, this keeps every temporary below glibc's largest
+# mmap threshold (32 MiB), so that it is recycled from the heap: a fresh mmap'd map would be
+# page-faulted and zeroed again on every use, which costs more than the element-wise op itself.
+CHUNK_BYTES = 16 * 2**20
+
+
+def batch_chunks(n: int, bytes_per_frame: int) -> list[slice]:
+    """Slices of ``range(n)`` of about ``CHUNK_BYTES`` each (at least one frame, sizes balanced)."""
+    num_chunks = max(1, min(n, -(-n * bytes_per_frame // CHUNK_BYTES)))
+    size = -(-n // num_chunks)
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def concat_batch(parts: list[Tensor]) -> Tensor:
+    """``torch.cat`` along the batch that keeps a channels-last layout."""
+    if len(parts) == 1:
+        return parts[0]
+    channels_last = parts[0].ndim == 4 and parts[0].is_contiguous(memory_format=torch.channels_last)
+    out = torch.cat(parts)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def _accumulate(total: Tensor | None, part: Tensor) -> Tensor:
+    """Sums chunk gradients in fp32 (autocast gives bf16 chunk gradients)."""
+    part = part.float() if part.dtype in (torch.bfloat16, torch.float16) else part
+    return part if total is None else total.add_(part)
+
+
+def _backward_chunk(
+    ctx: Any, conv: nn.Conv2d, x: Tensor, grad_out: Tensor, prepare_params: list[Tensor]
+) -> tuple[Tensor | None, dict[int, Tensor], list[Tensor]]:
+    """Gradients for one batch chunk: of ``x``, of the ``prepare`` parameters (by index), of the conv."""
+    enabled, autocast_dtype = ctx.autocast
+    with torch.enable_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
+        x = x.detach().requires_grad_(ctx.needs_input_grad[3])
+        prepared = ctx.prepare(x)
+    # The autocast forward cast the conv's input, weight and bias to ``conv_dtype``.
+    dtype = ctx.conv_dtype
+    grad_prepared, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_out.to(dtype),
+        prepared.detach().to(dtype),
+        conv.weight.to(dtype),
+        None if conv.bias is None else [conv.bias.size(0)],
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        False,
+        [0, 0],
+        conv.groups,
+        [True, True, conv.bias is not None],
+    )
+    if prepared.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+        # Neither SiLU's nor upsampling's backward reads its own output: free the map now
+        # instead of keeping it alive until the end of the recomputed graph's backward.
+        prepared.detach().untyped_storage().resize_(0)
+    wanted = [i for i, p in enumerate(prepare_params) if p.requires_grad]
+    inputs = ([x] if x.requires_grad else []) + [prepare_params[i] for i in wanted]
+    grads = list(torch.autograd.grad(prepared, inputs, grad_prepared.to(prepared.dtype)) if inputs else ())
+    grad_x = grads.pop(0) if x.requires_grad else None
+    conv_grads = [grad_weight] + ([grad_bias] if conv.bias is not None else [])
+    return grad_x, dict(zip(wanted, grads, strict=True)), conv_grads
+
+
+def group_norm(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """``F.group_norm`` whose backward runs in the contiguous layout for channels-last inputs.
+
+    torch's CPU GroupNorm backward is an order of magnitude slower on channels-last bf16 maps
+    than on contiguous ones (fp32: ~3×); copying the maps there and back costs less than that.
+    """
+    channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if x.device.type != "cpu" or not channels_last or x.is_contiguous():
+        return F.group_norm(x, num_groups, weight, bias, eps)
+    result = _GroupNormChannelsLast.apply(x, weight, bias, num_groups, eps)  # type: ignore[no-untyped-call]
+    assert isinstance(result, Tensor)
+    return result
+
+
+class _GroupNormChannelsLast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: float) -> Tensor:
+        n, c, h, w = x.shape
+        out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, h * w, num_groups, eps)
+        ctx.num_groups = num_groups
+        ctx.save_for_backward(x, weight, mean, rstd)
+        result: Tensor = out
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_group_norm_backward(
+            grad_out.contiguous(), x.contiguous(), mean, rstd, weight, n, c, h * w, ctx.num_groups,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+        )  # fmt: skip
+        if grad_x is not None:
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+        return grad_x, grad_weight, grad_bias, None, None

@@ -2,42 +2,120 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from iris_core.config import FrameCnnConfig
-from iris_core.models.convnet import FrameDecoder, FrameEncoder
+from iris_core.models import convnet, recomputed_conv
+from iris_core.models.convnet import FrameDecoder, FrameEncoder, ResidualBlock, Upsample
 
 CONFIG = FrameCnnConfig(num_channels=8, mult=(1, 2), down=(1, 1), latent_dim=6, norm_groups=4)
 
 
+def plain_forward(module: nn.Module, x: Tensor) -> Tensor:
+    """The layers with plain autograd (every activation saved, torch's own GroupNorm backward)."""
+    for layer in module.layers:
+        if isinstance(layer, ResidualBlock):
+            x = layer.f(x) + layer.skip_projection(x)
+        elif isinstance(layer, Upsample):
+            x = layer.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        else:
+            x = layer(x)
+    return x
+
+
 def output_and_grads(module: nn.Module, x: Tensor, plain: bool) -> list[Tensor]:
-    """Output and gradients of a fixed random projection of it; ``plain``: ``layers`` as a
-    bare ``nn.Sequential`` (autograd saves every activation), the un-optimised oracle."""
+    """Output and gradients of a fixed random projection of it; ``plain``: the un-optimised
+    oracle ``plain_forward``."""
     module.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_()
-    out = module.layers(x) if plain else module(x)
+    out = plain_forward(module, x) if plain else module(x)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     (out.float() * weights).sum().backward()
     assert x.grad is not None
     return [out, x.grad, *(p.grad for p in module.parameters() if p.grad is not None)]
 
 
+def assert_same_math(actual: Tensor, expected: Tensor) -> None:
+    """Equal up to fp32 summation order (GroupNorm backward layouts, chunked weight gradients):
+    errors of a few ulps of the tensor's largest entry."""
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=4e-6 * scale)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
 def test_same_output_and_gradients_as_plain_autograd_in_fp32(kind: str, channels_last: bool) -> None:
     torch.manual_seed(0)
-    module: nn.Module = FrameEncoder(CONFIG, 5) if kind == "encoder" else FrameDecoder(CONFIG, 3)
+    config = dataclasses.replace(CONFIG, channels_last=channels_last)
+    module: nn.Module = FrameEncoder(config, 5) if kind == "encoder" else FrameDecoder(config, 3)
     x = torch.randn(3, 5, 16, 16) if kind == "encoder" else torch.randn(3, 6, 4, 4)
     if channels_last:
-        module = module.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     expected = output_and_grads(module, x, plain=True)
     actual = output_and_grads(module, x, plain=False)
     assert len(actual) == len(expected) == 2 + len(list(module.parameters()))
     for a, e in zip(actual, expected, strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+        assert_same_math(a, e)
+
+
+def test_batch_chunks_are_balanced_and_cover_the_batch() -> None:
+    chunk = recomputed_conv.CHUNK_BYTES
+    assert recomputed_conv.batch_chunks(5, chunk // 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert recomputed_conv.batch_chunks(5, chunk // 5) == [slice(0, 5)]
+    assert recomputed_conv.batch_chunks(3, 10 * chunk) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_batch_chunks_change_no_number(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training and inference on maps split into uneven batch chunks give the same numbers."""
+    torch.manual_seed(0)
+    module: nn.Module = FrameEncoder(CONFIG, 5) if kind == "encoder" else FrameDecoder(CONFIG, 3)
+    x = torch.randn(5, 5, 16, 16) if kind == "encoder" else torch.randn(5, 6, 4, 4)
+    expected = output_and_grads(module, x, plain=True)
+    calls: list[int] = []
+    real_batch_chunks = recomputed_conv.batch_chunks
+
+    def spy(n: int, bytes_per_frame: int) -> list[slice]:
+        chunks = real_batch_chunks(n, bytes_per_frame)
+        calls.append(len(chunks))
+        return chunks
+
+    # About two frames of the widest full-resolution map per chunk: chunks of 2, 2, 1 frames.
+    monkeypatch.setattr(recomputed_conv, "CHUNK_BYTES", 2 * 8 * 16 * 16 * 4)
+    monkeypatch.setattr(recomputed_conv, "batch_chunks", spy)
+    monkeypatch.setattr(convnet, "batch_chunks", spy)
+    actual = output_and_grads(module, x, plain=False)
+    assert max(calls) >= 3
+    for a, e in zip(actual, expected, strict=True):
+        assert_same_math(a, e)
+    with torch.no_grad():
+        calls.clear()
+        inference = module(x)
+        assert calls and min(calls) > 1  # the whole network ran chunk by chunk
+    assert_same_math(inference, expected[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_group_norm_matches_a_float64_oracle(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(4, 16, 6, 6) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+    grad = torch.randn(4, 16, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = recomputed_conv.group_norm(x, 4, weight, bias, 1e-5)
+    actual = [out, *torch.autograd.grad(out, (x, weight, bias), grad)]
+    assert out.dtype == dtype and actual[1].is_contiguous(memory_format=torch.channels_last)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    out64 = F.group_norm(x64, 4, w64, b64, 1e-5)
+    expected = [out64, *torch.autograd.grad(out64, (x64, w64, b64), grad.double())]
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a.double(), e, rtol=tolerance, atol=tolerance * e.abs().max().item())
 
 
 def test_same_gradients_under_bf16_autocast() -> None:
