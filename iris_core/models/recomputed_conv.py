@@ -84,6 +84,7 @@ class _ConvOfPrepared(torch.autograd.Function):
                 ctx, conv, x[chunk], grad_out[chunk], prepare_params
             )
             if grad_x is not None:
+                assert chunk_grad_x is not None
                 grad_x[chunk] = chunk_grad_x
             for i, grad in chunk_param_grads.items():
                 grad_prepare_params[i] = _accumulate(grad_prepare_params[i], grad)
@@ -159,28 +160,47 @@ def _backward_chunk(
 
 
 def group_norm(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """``F.group_norm`` whose backward runs in the contiguous layout for channels-last inputs.
+    """``F.group_norm`` working around two slow paths of torch's CPU kernels on channels-last maps.
 
-    torch's CPU GroupNorm backward is an order of magnitude slower on channels-last bf16 maps
-    than on contiguous ones (fp32: ~3×); copying the maps there and back costs less than that.
+    On channels-last bf16 maps, torch's GroupNorm backward is an order of magnitude slower than
+    on contiguous ones (fp32: ~3×), and so is the forward on maps of 16×16 and smaller; there the
+    maps are copied to the contiguous layout and back, which costs less.
     """
     channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
     if x.device.type != "cpu" or not channels_last or x.is_contiguous():
         return F.group_norm(x, num_groups, weight, bias, eps)
+    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return _group_norm_channels_last(x, weight, bias, num_groups, eps)[0]
     result = _GroupNormChannelsLast.apply(x, weight, bias, num_groups, eps)  # type: ignore[no-untyped-call]
     assert isinstance(result, Tensor)
     return result
 
 
+# Below this many pixels per map, the channels-last GroupNorm forward goes through the contiguous layout.
+SMALL_MAP_PIXELS = 32 * 32
+
+
+def _group_norm_channels_last(
+    x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Output (channels-last), mean and reciprocal std of each (frame, group)."""
+    n, c, h, w = x.shape
+    if h * w >= SMALL_MAP_PIXELS:
+        out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, h * w, num_groups, eps)
+        return out, mean, rstd
+    out, mean, rstd = torch.ops.aten.native_group_norm(
+        x.contiguous(), weight, bias, n, c, h * w, num_groups, eps
+    )
+    return out.contiguous(memory_format=torch.channels_last), mean, rstd
+
+
 class _GroupNormChannelsLast(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, num_groups: int, eps: float) -> Tensor:
-        n, c, h, w = x.shape
-        out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, h * w, num_groups, eps)
+        out, mean, rstd = _group_norm_channels_last(x, weight, bias, num_groups, eps)
         ctx.num_groups = num_groups
         ctx.save_for_backward(x, weight, mean, rstd)
-        result: Tensor = out
-        return result
+        return out
 
     @staticmethod
     @once_differentiable
