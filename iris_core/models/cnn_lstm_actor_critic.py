@@ -10,20 +10,14 @@ symlog values (Crafter) or one scalar value (Atari).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from iris_core.config import ActorCriticConfig
 from iris_core.models.convnet import FrameEncoder
-
-# Frames per CNN call when many frames are encoded at once (burn-in, target unrolls, gradient
-# recomputation): bounds the activation memory without changing any result. On CPU, small chunks
-# are also faster (their activations stay in cache); an accelerator may want larger ones.
-FRAMES_PER_CHUNK = 16
+from iris_core.models.recompute import FRAMES_PER_CHUNK, with_recomputed_backward
 
 LstmState = tuple[Tensor, Tensor]
 
@@ -134,42 +128,9 @@ class CnnLstmActorCritic(nn.Module):
             tuple(obs.shape),
             tuple(features.shape),
         )
-        params = tuple(p for p in self.frame_encoder.parameters() if p.requires_grad)
-        output = _RecomputedEncoding.apply(self, obs.detach(), features.detach(), *params)  # type: ignore[no-untyped-call]
-        assert isinstance(output, Tensor)
-        return output
+        params = tuple(self.frame_encoder.parameters())
+        return with_recomputed_backward(self.encode, obs, features, params, self.frames_per_chunk)
 
 
 def _chunks(x: Tensor, size: int) -> list[Tensor]:
     return [x[i : i + size] for i in range(0, x.size(0), size)]
-
-
-class _RecomputedEncoding(torch.autograd.Function):
-    """Identity on precomputed CNN features whose backward re-runs the CNN chunk by chunk."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, model: CnnLstmActorCritic, obs: Tensor, features: Tensor, *params: Tensor
-    ) -> Tensor:
-        device_type = obs.device.type
-        ctx.model = model
-        ctx.params = params
-        # The recomputation must run under the same mixed precision as the original forward.
-        ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-        ctx.save_for_backward(obs)
-        return features.clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_features: Tensor) -> tuple[Tensor | None, ...]:
-        (obs,) = ctx.saved_tensors
-        model: CnnLstmActorCritic = ctx.model
-        params: tuple[Tensor, ...] = ctx.params
-        enabled, dtype = ctx.autocast
-        grads = [torch.zeros_like(p) for p in params]
-        with torch.enable_grad(), torch.autocast(obs.device.type, dtype=dtype, enabled=enabled):
-            size = model.frames_per_chunk
-            for obs_chunk, grad_chunk in zip(_chunks(obs, size), _chunks(grad_features, size), strict=True):
-                chunk_grads = torch.autograd.grad(model.encode(obs_chunk), params, grad_chunk)
-                torch._foreach_add_(grads, chunk_grads)
-        return (None, None, None, *grads)

@@ -163,11 +163,13 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: fl
     """``F.group_norm`` working around two slow paths of torch's CPU kernels on channels-last maps.
 
     On channels-last bf16 maps, torch's GroupNorm backward is an order of magnitude slower than
-    on contiguous ones (fp32: ~3×), and so is the forward on maps of 16×16 and smaller; there the
-    maps are copied to the contiguous layout and back, which costs less.
+    on contiguous ones, and so is the forward on maps of 16×16 and smaller; there the maps are
+    copied to the contiguous layout and back, which costs less. (In fp32 the copies cost as much
+    as they save: fp32 maps take torch's own path.)
     """
     channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    if x.device.type != "cpu" or not channels_last or x.is_contiguous():
+    reduced_precision = x.dtype in (torch.bfloat16, torch.float16)
+    if x.device.type != "cpu" or not channels_last or x.is_contiguous() or not reduced_precision:
         return F.group_norm(x, num_groups, weight, bias, eps)
     if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad or bias.requires_grad):
         return _group_norm_channels_last(x, weight, bias, num_groups, eps)[0]

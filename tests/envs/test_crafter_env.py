@@ -181,6 +181,19 @@ def test_vectorised_world_generation_equals_crafters() -> None:
         assert a.random.uniform() == b.random.uniform()  # the generator advanced by the same draws
 
 
+def test_world_generation_leaves_torch_threads_alone() -> None:
+    """numba's parallel noise runs on its workqueue layer, not a second OpenMP pool that
+    would halve the speed of torch's kernels (the policy) in the collecting process."""
+    from iris_core.envs import crafter_worldgen
+
+    if not crafter_worldgen.available():
+        return
+    import numba
+
+    make_crafter(fast=True).reset(seed=0)
+    assert numba.threading_layer() == "workqueue"
+
+
 def test_desaturation_equals_pillow() -> None:
     from PIL import Image, ImageEnhance
 
