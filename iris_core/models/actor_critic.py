@@ -79,14 +79,20 @@ class ActorCritic(nn.Module):
         self.model.burn_in(obs)
 
     @torch.no_grad()
-    def act(self, obs: Tensor, should_sample: bool = True, temperature: float = 1.0) -> Tensor:
+    def act(
+        self, obs: Tensor, should_sample: bool = True, temperature: float = 1.0, rows: Tensor | None = None
+    ) -> Tensor:
         """``(N, C, H, W)`` current frames → ``(N,)`` long actions; the LSTM state carries over.
 
         Sampled at ``temperature`` when ``should_sample`` (the test policy samples too, spec
-        §10.17), else greedy.
+        §10.17), else greedy. ``rows``: the streams these frames belong to, when only some act
+        (the others keep their state); None: all of them.
         """
         assert temperature > 0, f"temperature must be > 0, got {temperature}"
-        output: ActorCriticOutput = self.model(obs)
+        if rows is None:
+            output: ActorCriticOutput = self.model(obs)
+        else:
+            output = self.model.step_rows(self.model.encode(obs), rows)
         if should_sample:
             return sample_actions(output.logits_act, temperature)
         return output.logits_act.argmax(dim=-1)

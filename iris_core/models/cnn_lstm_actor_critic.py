@@ -88,6 +88,18 @@ class CnnLstmActorCritic(nn.Module):
         self.hx, self.cx = self.lstm(features, (hx, cx))
         return ActorCriticOutput(self.actor_linear(self.hx), self.critic_linear(self.hx))
 
+    def step_rows(self, features: Tensor, rows: Tensor) -> ActorCriticOutput:
+        """:meth:`step` for the streams ``rows`` only (``features`` holds theirs, in that order);
+        the other streams' states stay as they are."""
+        hx, cx = self.state
+        assert features.shape == (rows.numel(), self.config.lstm_input_dim), (
+            tuple(features.shape),
+            tuple(rows.shape),
+        )
+        h, c = self.lstm(features, (hx[rows], cx[rows]))
+        self.hx, self.cx = hx.index_copy(0, rows, h), cx.index_copy(0, rows, c)
+        return ActorCriticOutput(self.actor_linear(h), self.critic_linear(h))
+
     def forward(self, obs: Tensor) -> ActorCriticOutput:
         """One frame per stream: ``(N, C, H, W)`` → heads after consuming it."""
         return self.step(self.encode(obs))

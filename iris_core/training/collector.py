@@ -45,8 +45,14 @@ class Policy(Protocol):
     def burn_in(self, obs: torch.Tensor) -> None:
         """Advance the recurrent state over ``obs`` ``(N, T, C, H, W)`` float in [0, 1]."""
 
-    def act(self, obs: torch.Tensor, should_sample: bool, temperature: float) -> torch.Tensor:
-        """``(N,)`` long actions for ``obs`` ``(N, C, H, W)`` float in [0, 1]; advances the state."""
+    def act(
+        self, obs: torch.Tensor, should_sample: bool, temperature: float, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(M,)`` long actions for ``obs`` ``(M, C, H, W)`` float in [0, 1]; advances the state.
+
+        ``rows``: the envs the M frames belong to when only some envs act (the others keep
+        their state); None: all envs, in order.
+        """
         ...
 
 
@@ -74,10 +80,12 @@ class CpuInferencePolicy:
         with self._autocast():
             self.policy.burn_in(obs)
 
-    def act(self, obs: torch.Tensor, should_sample: bool, temperature: float) -> torch.Tensor:
+    def act(
+        self, obs: torch.Tensor, should_sample: bool, temperature: float, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         with self._autocast():
             frames = obs.contiguous(memory_format=torch.channels_last)
-            return self.policy.act(frames, should_sample, temperature)
+            return self.policy.act(frames, should_sample, temperature, rows)
 
 
 class EpisodeSink(Protocol):
@@ -291,7 +299,7 @@ class Collector:
             obs = self._obs
             if use_policy:
                 assert policy is not None
-                act = policy.act(_to_float(obs, self.device), should_sample, temperature).cpu().numpy()
+                act = _act_running(policy, obs, self.env.running, self.device, should_sample, temperature)
             if not use_policy or self._rng.random() < epsilon:
                 act = self._rng.integers(self.num_actions, size=self.env.num_envs)
             act = act.astype(np.int64)
@@ -369,6 +377,27 @@ class Collector:
 
 
 @torch.no_grad()
+def _act_running(
+    policy: Policy,
+    obs: np.ndarray,
+    running: np.ndarray,
+    device: torch.device,
+    should_sample: bool,
+    temperature: float,
+) -> np.ndarray:
+    """Actions of all envs; only the running ones ask the policy (a finished env waiting for the
+    others' reset gets action 0, which is never executed)."""
+    if running.all():
+        return policy.act(_to_float(obs, device), should_sample, temperature).cpu().numpy()
+    act = np.zeros(len(running), dtype=np.int64)
+    rows = np.flatnonzero(running)
+    if len(rows) > 0:
+        frames = _to_float(obs[rows], device)
+        rows_t = torch.from_numpy(rows).to(device)
+        act[rows] = policy.act(frames, should_sample, temperature, rows_t).cpu().numpy()
+    return act
+
+
 def collect_test_episodes(
     env: BatchEnv,
     policy: Policy,
@@ -406,7 +435,7 @@ def collect_test_episodes(
         first_round = False
         round_metrics: list[EpisodeMetrics] = []
         while not env.all_done:
-            act = policy.act(_to_float(obs, device), should_sample, temperature).cpu().numpy()
+            act = _act_running(policy, obs, env.running, device, should_sample, temperature)
             if epsilon > 0.0 and rng.random() < epsilon:
                 act = rng.integers(env.num_actions, size=num_envs)
             act = act.astype(np.int64)

@@ -114,7 +114,9 @@ class TreeFacingPolicy:
     def burn_in(self, obs: torch.Tensor) -> None:
         pass
 
-    def act(self, obs: torch.Tensor, should_sample: bool, temperature: float) -> torch.Tensor:
+    def act(
+        self, obs: torch.Tensor, should_sample: bool, temperature: float, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for env in self.envs:
             put_tree_in_front(env)
         return torch.full((obs.shape[0],), DO, dtype=torch.long)

@@ -280,6 +280,25 @@ def test_policy_interface_keeps_state_between_calls() -> None:
     assert ac.target_model.hx is not None and torch.equal(ac.target_model.hx, torch.zeros(2, 512))
 
 
+def test_acting_on_some_streams_equals_acting_on_all() -> None:
+    """Rows that act get the actions and states of a full-batch call; the other rows keep theirs."""
+    torch.manual_seed(0)
+    ac = ActorCritic(actor_critic_config(6, True), image_channels=3)
+    ac.reset(4)
+    ac.burn_in(torch.rand(4, 3, 3, 64, 64))
+    before = ac.model.state
+    frames = torch.rand(4, 3, 64, 64)
+    greedy_all = ac.act(frames, should_sample=False)
+    after_all = ac.model.state
+    ac.model.state = before
+    rows = torch.tensor([0, 2])
+    greedy_rows = ac.act(frames[rows], should_sample=False, rows=rows)
+    assert torch.equal(greedy_rows, greedy_all[rows])
+    for state, full, old in zip(ac.model.state, after_all, before, strict=True):
+        torch.testing.assert_close(state[rows], full[rows])
+        assert torch.equal(state[[1, 3]], old[[1, 3]])
+
+
 def test_trains_through_the_generic_loop() -> None:
     torch.set_num_threads(1)
     tokenizer, world_model = frozen_models(17, two_hot_rews=True)

@@ -90,6 +90,7 @@ class SpyPolicy:
     def __init__(self, action: int = 0) -> None:
         self.action = action
         self.calls: list[tuple[str, Any]] = []
+        self.acting: list[list[int]] = []  # the envs asked for an action, per call
 
     def reset(self, n: int) -> None:
         self.calls.append(("reset", n))
@@ -97,8 +98,12 @@ class SpyPolicy:
     def burn_in(self, obs: torch.Tensor) -> None:
         self.calls.append(("burn_in", obs.clone()))
 
-    def act(self, obs: torch.Tensor, should_sample: bool, temperature: float) -> torch.Tensor:
+    def act(
+        self, obs: torch.Tensor, should_sample: bool, temperature: float, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.calls.append(("act", (should_sample, temperature)))
+        self.acting.append(list(range(obs.shape[0])) if rows is None else rows.tolist())
+        assert rows is None or len(rows) == obs.shape[0]
         return torch.full((obs.shape[0],), self.action, dtype=torch.long)
 
     def names(self) -> list[str]:
@@ -121,6 +126,16 @@ def test_epoch_one_is_random_without_network() -> None:
     collector.collect_epoch(policy, 2, config)
     assert "act" in policy.names()
     assert all((p.act == 0).all() for _, _, p, _ in sink.parts)
+
+
+def test_only_running_envs_ask_the_policy() -> None:
+    """Envs that finished and wait for the others' reset are not run through the policy."""
+    env, _ = walk_batch([[2], [5], [3]])
+    collector = Collector(env, Sink(), burn_in_length=0, seed=0)
+    policy = SpyPolicy(action=1)
+    result = collector.collect(policy, 10, epsilon=0.0)
+    assert result.num_steps == 10  # 2 + 5 + 3 steps of the first round
+    assert policy.acting == [[0, 1, 2], [0, 1, 2], [1, 2], [1], [1]]
 
 
 def test_epsilon_is_batch_wide() -> None:
