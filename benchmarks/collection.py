@@ -28,7 +28,7 @@ from iris_core.config import IrisConfig
 from iris_core.envs.crafter import make_crafter
 from iris_core.envs.factory import BatchEnv, SeedFirstReset
 from iris_core.models.actor_critic import ActorCritic
-from iris_core.training.collector import Collector, CpuInferencePolicy
+from iris_core.training.collector import Collector, InferencePolicy
 
 
 def make_policy(num_actions: int) -> ActorCritic:
@@ -59,7 +59,7 @@ def time_components(num_envs: int, policy_name: str, fast: bool, bf16: bool) -> 
     step_ms = (time.perf_counter() - start) / steps * 1e3
     out = {"reset_ms": reset_ms, "env_step_ms": step_ms}
     if policy_name == "actor-critic":
-        policy = CpuInferencePolicy(make_policy(17), bf16) if fast else make_policy(17)
+        policy = InferencePolicy(make_policy(17), bf16) if fast else make_policy(17)
         obs = torch.rand(num_envs, 3, 64, 64)
         with torch.no_grad():
             policy.reset(num_envs)
@@ -80,7 +80,7 @@ def run_row(
     if policy_name == "actor-critic":
         policy = make_policy(env.num_actions)
         if fast:
-            policy = CpuInferencePolicy(policy, bf16)
+            policy = InferencePolicy(policy, bf16)
     epsilon = 0.0 if policy is not None else 1.0
     collector.collect(policy, num_envs, epsilon=epsilon)  # warm-up: first resets, numba compilation
     start = time.perf_counter()

@@ -29,7 +29,7 @@ from iris_core.data.sampler import InMemoryEpisodes, SegmentSampler, load_batch,
 from iris_core.data.structures import Episode
 from iris_core.envs.factory import make_batch_env
 from iris_core.models.agent import Agent
-from iris_core.training.collector import Collector, EpisodeMetrics, collect_test_epoch
+from iris_core.training.collector import Collector, EpisodeMetrics, InferencePolicy, collect_test_epoch
 from iris_core.training.optim import make_optimizer
 from iris_core.training.scores import crafter_score
 from iris_core.training.train_component import enable_tf32, train_component
@@ -238,7 +238,8 @@ def run_campaign(
             collector.sink = StoreSink(writer, next_part)
             agent.actor_critic.eval()
             phase = time.perf_counter()
-            result = collector.collect_epoch(agent.actor_critic, epoch, config.collection.train)
+            policy = InferencePolicy(agent.actor_critic, bf16=config.collection.train.policy_bf16)
+            result = collector.collect_epoch(policy, epoch, config.collection.train)
             report.train["collect/seconds"] = time.perf_counter() - phase
             manifest = manifest.with_store(store_name)
             write_manifest(manifest_url, manifest)

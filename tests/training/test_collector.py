@@ -8,12 +8,13 @@ from typing import Any
 
 import gymnasium
 import numpy as np
+import pytest
 import torch
 
 from iris_core.config import TrainCollectionConfig
 from iris_core.data.structures import Episode
 from iris_core.envs.factory import BatchEnv
-from iris_core.training.collector import Collector, collect_test_episodes
+from iris_core.training.collector import Collector, InferencePolicy, collect_test_episodes
 
 NUM_ACTIONS = 17
 
@@ -298,11 +299,11 @@ def test_with_the_real_actor_critic_on_crafter() -> None:
     from iris_core.config import ActorCriticConfig, EnvSpec, FrameCnnConfig
     from iris_core.envs.factory import make_batch_env
     from iris_core.models.actor_critic import ActorCritic
-    from iris_core.training.collector import CpuInferencePolicy
+    from iris_core.training.collector import InferencePolicy
 
     cnn = FrameCnnConfig(num_channels=8, mult=(1, 1, 1), down=(1, 1, 1), latent_dim=4, norm_groups=4)
     config = ActorCriticConfig(num_actions=17, lstm_dim=32, frame_encoder=cnn)
-    for policy in (ActorCritic(config, 3).eval(), CpuInferencePolicy(ActorCritic(config, 3).eval())):
+    for policy in (ActorCritic(config, 3).eval(), InferencePolicy(ActorCritic(config, 3).eval(), bf16=True)):
         sink = Sink()
         collector = Collector(
             make_batch_env(EnvSpec(max_episode_steps=15), 2, seed=0), sink, burn_in_length=5, seed=0
@@ -314,21 +315,23 @@ def test_with_the_real_actor_critic_on_crafter() -> None:
         assert all(e.obs.shape[1:] == (3, 64, 64) for e, _ in episodes.values())
 
 
-def test_cpu_inference_policy_keeps_the_math() -> None:
-    from iris_core.config import ActorCriticConfig, FrameCnnConfig
-    from iris_core.models.actor_critic import ActorCritic
-    from iris_core.training.collector import CpuInferencePolicy
+class AutocastSpy(SpyPolicy):
+    def act(
+        self, obs: torch.Tensor, should_sample: bool, temperature: float, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.calls.append(("autocast", torch.is_autocast_enabled("cpu")))
+        return super().act(obs, should_sample, temperature, rows)
 
-    cnn = FrameCnnConfig(num_channels=8, mult=(1, 2), down=(1, 1), latent_dim=4, norm_groups=4)
-    config = ActorCriticConfig(num_actions=17, lstm_dim=32, frame_encoder=cnn)
-    plain = ActorCritic(config, 3).eval()
-    fast = ActorCritic(config, 3).eval()
-    fast.load_state_dict(plain.state_dict())
-    wrapped = CpuInferencePolicy(fast)
-    obs = torch.rand(6, 3, 64, 64)
-    with torch.no_grad():
-        plain.reset(6)
-        wrapped.reset(6)
-        for _ in range(3):
-            expected = plain.act(obs, False, 1.0)
-            np.testing.assert_array_equal(wrapped.act(obs, False, 1.0).numpy(), expected.numpy())
+    def burn_in(self, obs: torch.Tensor) -> None:
+        self.calls.append(("autocast", torch.is_autocast_enabled("cpu")))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_inference_policy_autocasts_only_when_asked(bf16: bool) -> None:
+    spy = AutocastSpy()
+    policy = InferencePolicy(spy, bf16=bf16)
+    policy.reset(2)
+    policy.burn_in(torch.zeros(2, 1, 3, 4, 4))
+    policy.act(torch.zeros(2, 3, 4, 4), True, 1.0, torch.tensor([0, 1]))
+    assert [value for name, value in spy.calls if name == "autocast"] == [bf16, bf16]
+    assert spy.acting == [[0, 1]]
