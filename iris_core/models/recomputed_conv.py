@@ -8,6 +8,10 @@ bf16, which made the tokenizer's activations ~14 GB. :func:`conv_of` saves only 
 re-runs the cheap element-wise ``prepare`` during the backward pass: the same values and the
 same gradients, for a few memory-bound passes over ``x``. The convolution itself is never re-run:
 its backward is called directly on the recomputed input.
+
+Forward and backward both run on batch chunks (:func:`batch_chunks`), so temporaries stay small
+enough to be recycled by the allocator, and :func:`group_norm` steers around torch's slow CPU
+GroupNorm kernels for channels-last bf16 maps.
 """
 
 from __future__ import annotations
