@@ -21,8 +21,10 @@ then the index row, each write awaited before the next starts. Zarr writes a chu
 but grows an array's shape before writing its chunks, so a killed writer leaves longer arrays
 whose tails read as zeros. A committed index row always has ``length >= 1``, so an index row
 that reads as zeros was never committed. Readers trust exactly the index rows before the first
-zero row, and the frames those rows cover. Reopening for writing truncates every array to that
-committed size and removes the ``*.partial`` temporaries of interrupted chunk writes.
+zero row, and the frames those rows cover. Every chunk is written, even an all-zero one (schema
+version 2), so a chunk file missing under committed steps is reported as damage on open.
+Reopening for writing truncates every array to that committed size and removes the
+``*.partial`` temporaries of interrupted chunk writes.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from pipelines.storage.errors import (
 )
 from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS, achievement_column, validate_table
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FRAME_CHUNK = 32  # frames per obs chunk: a 21-frame segment touches one or two chunks
 STEP_CHUNK = 1024  # steps per chunk of the small per-step arrays
 INDEX_CHUNK = 1024
@@ -223,6 +225,8 @@ class EpisodeStore:
         self.num_frames = int(self.index[:, 3].sum())
         self._arrays = {name: a.async_array for name, a in arrays.items()}
         self._check_shapes()
+        if self.attributes.schema_version >= 2:  # version 1 skipped chunks that held only zeros
+            self._check_chunks()
 
     def _check_shapes(self) -> None:
         shapes = {name: a.shape for name, a in self._arrays.items()}
@@ -241,6 +245,38 @@ class EpisodeStore:
                 raise StoreCorruptedError(
                     self.url, f"'{name}' holds {shapes[name][0]} rows, the index commits {len(self.index)}"
                 )
+
+    def _check_chunks(self) -> None:
+        """Every chunk holding committed steps exists.
+
+        Zarr reads a missing chunk as its fill value, so a deleted chunk file would silently read
+        back as zeros; one listing per array (a few hundred keys per store) rules that out.
+        """
+        committed = {name: self.num_frames for name in FIELDS}
+        for name in ("return", "achievements"):
+            if name in self._arrays:
+                committed[name] = len(self.index)
+
+        async def missing_chunks(name: str, length: int) -> list[str]:
+            array = self._arrays[name]
+            step = array.chunks[0]
+            expected = {
+                f"{array.store_path.path}/{array.metadata.encode_chunk_key((i, *(0,) * (array.ndim - 1)))}"
+                for i in range(-(-length // step))
+            }
+            present = {key async for key in array.store_path.store.list_prefix(f"{array.store_path.path}/")}
+            return sorted(expected - present)
+
+        async def gather() -> list[list[str]]:
+            return list(await asyncio.gather(*(missing_chunks(n, k) for n, k in committed.items())))
+
+        try:
+            missing = [key for keys in sync(gather()) for key in keys]
+        except Exception as error:
+            raise StoreCorruptedError(self.url, f"cannot list the chunks: {error!r}") from None
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise StoreCorruptedError(self.url, f"chunks holding committed steps are missing: {shown}")
 
     @property
     def parts(self) -> list[StoredPart]:

@@ -43,7 +43,12 @@ class EpisodeStoreWriter:
         self.url = url
         self.attributes = attributes
         self._group = group
-        self._arrays = {name: array_of(group, name).async_array for name in group.array_keys()}
+        # Every chunk is written, even one that holds only zeros (Zarr would skip it): readers
+        # then know that a missing chunk file is damage, not zeros (schema version 2).
+        self._arrays = {
+            name: array_of(group, name).with_config({"write_empty_chunks": True}).async_array
+            for name in group.array_keys()
+        }
         self._num_parts = len(index)
         self._num_frames = int(index[:, 3].sum())
 

@@ -184,6 +184,34 @@ def test_corrupted_or_truncated_chunk(tmp_path: Path, damage: str) -> None:
     assert files(tmp_path) == before  # nothing deleted or repaired behind the user's back
 
 
+@pytest.mark.parametrize("array", ["obs", "rew", "trunc", "return"])  # trunc: a chunk of zeros
+def test_deleted_chunk_is_named_not_read_as_zeros(tmp_path: Path, array: str) -> None:
+    url = str(tmp_path / "0.zarr")
+    write_store(url)
+    EpisodeStore(url)  # intact: opens
+    chunk = Path(url) / array / "c" / "0"
+    chunk = next(p for p in [chunk, *chunk.rglob("*")] if p.is_file())
+    chunk.unlink()
+    before = files(tmp_path)
+    key = chunk.relative_to(url).as_posix()
+    with pytest.raises(StoreCorruptedError, match=rf"{re.escape(url)}: chunks .* missing: {re.escape(key)}"):
+        EpisodeStore(url)
+    with pytest.raises(StoreCorruptedError, match=re.escape(url)):
+        ZarrEpisodeDataset([url])
+    assert files(tmp_path) == before
+
+
+def test_version_1_stores_may_lack_chunks_of_zeros(tmp_path: Path) -> None:
+    """Schema version 1 did not write all-zero chunks: such stores still open and read zeros."""
+    url = str(tmp_path / "0.zarr")
+    write_store(url)
+    zarr.open_group(url, mode="r+").attrs["schema_version"] = 1
+    (Path(url) / "trunc" / "c" / "0").unlink()
+    store = EpisodeStore(url)
+    assert store.attributes.schema_version == 1
+    assert not store.read_part(0).trunc.any()
+
+
 def test_arrays_shorter_than_index(tmp_path: Path) -> None:
     url = str(tmp_path / "0.zarr")
     write_store(url)
