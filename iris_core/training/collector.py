@@ -372,7 +372,6 @@ class Collector:
         return self._next_episode_id
 
 
-@torch.no_grad()
 def _act_running(
     policy: Policy,
     obs: np.ndarray,
@@ -382,18 +381,20 @@ def _act_running(
     temperature: float,
 ) -> np.ndarray:
     """Actions of all envs; only the running ones ask the policy (a finished env waiting for the
-    others' reset gets action 0, which is never executed)."""
-    if running.all():
-        return policy.act(_to_float(obs, device), should_sample, temperature).cpu().numpy()
-    act = np.zeros(len(running), dtype=np.int64)
-    rows = np.flatnonzero(running)
-    if len(rows) > 0:
-        frames = _to_float(obs[rows], device)
-        rows_t = torch.from_numpy(rows).to(device)
-        act[rows] = policy.act(frames, should_sample, temperature, rows_t).cpu().numpy()
-    return act
+    others' reset gets action 0, which is never executed). Runs without autograd."""
+    with torch.no_grad():
+        if running.all():
+            return policy.act(_to_float(obs, device), should_sample, temperature).cpu().numpy()
+        act = np.zeros(len(running), dtype=np.int64)
+        rows = np.flatnonzero(running)
+        if len(rows) > 0:
+            frames = _to_float(obs[rows], device)
+            rows_t = torch.from_numpy(rows).to(device)
+            act[rows] = policy.act(frames, should_sample, temperature, rows_t).cpu().numpy()
+        return act
 
 
+@torch.no_grad()
 def collect_test_episodes(
     env: BatchEnv,
     policy: Policy,
