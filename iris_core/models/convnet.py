@@ -64,19 +64,75 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Doubles the resolution: nearest-neighbour ×2, then a 3×3 convolution."""
+    """Doubles the resolution: nearest-neighbour ×2, then a 3×3 convolution.
+
+    In fp32 this is computed without building the upsampled map (:func:`upsample_conv`): the
+    same function in 2.25× fewer multiply-adds. In bf16/fp16 the summed kernels would be rounded
+    once more, which measurably loses gradient accuracy, so there the upsampled map is built
+    (and recomputed for the backward pass instead of kept).
+    """
 
     def __init__(self, num_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        # The upsampled map is 4× larger than x: recomputed for the backward pass, not kept.
-        return conv_of(_upsample, (), self.conv, x, growth=4)
+        if _reduced_precision(x):
+            # The upsampled map is 4× larger than x: recomputed for the backward pass, not kept.
+            return conv_of(_upsample, (), self.conv, x, growth=4)
+        if not torch.is_grad_enabled() or not (x.requires_grad or self.conv.weight.requires_grad):
+            return upsample_conv(x, self.conv)
+        # Under autograd, batch chunks keep every temporary small (see ``batch_chunks``); each
+        # chunk's convolution saves only its (padded) input.
+        chunks = batch_chunks(x.size(0), 4 * x[0].nbytes * max(1, -(-self.conv.out_channels // x.size(1))))
+        return concat_batch([upsample_conv(x[chunk], self.conv) for chunk in chunks])
+
+
+def _reduced_precision(x: Tensor) -> bool:
+    """Whether a convolution of ``x`` computes in bf16/fp16 (by its dtype or by autocast)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
+    return x.dtype in (torch.bfloat16, torch.float16)
 
 
 def _upsample(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+# Sub-pixel form of a 3×3 convolution after nearest ×2 upsampling. Output pixel (2i + a, 2j + b)
+# reads upsampled rows 2i + a − 1 .. 2i + a + 1, i.e. input rows (i − 1, i) when a = 0 and (i, i + 1)
+# when a = 1; kernel rows landing on the same input row are summed. _PHASE_TAPS[a] maps the 3
+# kernel rows (or columns) onto the 2 input rows (or columns) of phase a. Zero padding of the
+# upsampled map is zero padding of the input, so borders are exact too.
+_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(interpolate(x, scale_factor=2, mode="nearest"))`` for a 3×3, stride-1, padding-1 conv.
+
+    One 2×2 convolution over the 1-padded input computes the four output phases (a, b) as four
+    groups of output channels, with kernels summed from ``conv.weight`` (16 taps per input pixel
+    instead of 36); the phases are then interleaved into the ×2 map. Same value up to rounding.
+    """
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1), conv
+    assert conv.groups == 1 and conv.dilation == (1, 1), conv
+    n, _, h, w = x.shape
+    out_channels = conv.out_channels
+    taps = torch.tensor(_PHASE_TAPS, dtype=conv.weight.dtype, device=conv.weight.device)
+    # (a, b, out, in, 2, 2) → (4·out, in, 2, 2): phase k = 2a + b owns channels k·out .. (k+1)·out.
+    weight = torch.einsum("apk,bql,oikl->aboipq", taps, taps, conv.weight).flatten(0, 2)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    bias = None if conv.bias is None else conv.bias.repeat(4)
+    phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), weight.contiguous(memory_format=layout), bias)
+    shape = (n, out_channels, 2 * h, 2 * w)
+    out = torch.empty(shape, dtype=phases.dtype, device=x.device, memory_format=layout)
+    for a in (0, 1):
+        for b in (0, 1):
+            k = 2 * a + b
+            out[:, :, a::2, b::2] = phases[:, k * out_channels : (k + 1) * out_channels, a : a + h, b : b + w]
+    return out
 
 
 def _check_input(x: Tensor, channels: int) -> None:

@@ -7,9 +7,17 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from iris_core.config import IrisConfig
-from iris_core.models.convnet import Downsample, FrameDecoder, FrameEncoder, ResidualBlock, Upsample
+from iris_core.models.convnet import (
+    Downsample,
+    FrameDecoder,
+    FrameEncoder,
+    ResidualBlock,
+    Upsample,
+    upsample_conv,
+)
 
 
 def layout(module: nn.Module) -> list[str]:
@@ -83,3 +91,52 @@ def test_rejects_wrong_input_channels() -> None:
     encoder = FrameEncoder(tok.frame_cnn, in_channels=3)
     with pytest.raises(AssertionError):
         encoder(torch.rand(1, 4, 64, 64))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_conv_equals_upsampling_then_convolving(channels_last: bool) -> None:
+    """The sub-pixel form against the definition, in float64, on a non-square map: every output
+    phase, the borders (zero padding) and the gradients of input, weight and bias."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, kernel_size=3, padding=1).double()
+    x = torch.randn(2, 3, 4, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        conv = conv.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def output_and_grads(fn: object) -> list[torch.Tensor]:
+        conv.zero_grad(set_to_none=True)
+        inp = x.detach().requires_grad_()
+        out = fn(inp)  # type: ignore[operator]
+        (out * torch.arange(out.numel(), dtype=out.dtype).view(out.shape).sin()).sum().backward()
+        assert inp.grad is not None and conv.weight.grad is not None and conv.bias is not None
+        return [out, inp.grad, conv.weight.grad, conv.bias.grad]
+
+    def definition(t: torch.Tensor) -> torch.Tensor:
+        return conv(nn.functional.interpolate(t, scale_factor=2.0, mode="nearest"))  # type: ignore[no-any-return]
+
+    expected = output_and_grads(definition)
+    actual = output_and_grads(lambda t: upsample_conv(t, conv))
+    assert actual[0].shape == (2, 5, 8, 14)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert actual[0].is_contiguous(memory_format=layout)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_upsample_uses_the_sub_pixel_form_only_in_full_precision() -> None:
+    """fp32: 16 instead of 36 multiply-adds per input pixel (plus the padded border); under bf16
+    autocast the kernels are not summed (their rounding would cost gradient accuracy)."""
+    torch.manual_seed(0)
+    up = Upsample(8)
+    x = torch.randn(2, 8, 8, 8)
+
+    def conv_flops() -> int:
+        with FlopCounterMode(display=False) as counter:
+            up(x)
+        return int(counter.get_flop_counts()["Global"][torch.ops.aten.convolution])
+
+    direct = 2 * 2 * 8 * 8 * 9 * (16 * 16)  # 3×3 conv over the upsampled 16×16 map
+    assert conv_flops() == 2 * 2 * (4 * 8) * 8 * 4 * (9 * 9)  # one 2×2 conv, 4 phases, 9×9 positions
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv_flops() == direct
