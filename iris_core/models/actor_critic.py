@@ -132,14 +132,16 @@ class ActorCritic(nn.Module):
         self.target_model.burn_in(obs[:, :-1])
         burnt_in_state = self.model.state
 
-        # Rollout: the online network acts without autograd, keeping the CNN features it
-        # computed; the differentiable pass below re-runs only its LSTM from the same state.
+        # Rollout: the online network's CNN features are computed for the backward pass (its
+        # full-resolution stem is re-run there, see ``encode_for_backprop``); it acts with its
+        # LSTM without autograd, and the differentiable pass below re-runs only the LSTM from
+        # the same state.
         features: list[Tensor] = []
 
-        @torch.no_grad()
         def policy(frame: Tensor) -> Tensor:
-            features.append(self.model.encode(frame))
-            logits_act = self.model.step(features[-1]).logits_act
+            features.append(self.model.encode_for_backprop(frame))
+            with torch.no_grad():
+                logits_act = self.model.step(features[-1].detach()).logits_act
             return sample_actions(logits_act, cfg.temperature)
 
         with _eval_mode(tokenizer, world_model):
@@ -150,10 +152,8 @@ class ActorCritic(nn.Module):
         assert len(features) == horizon, f"the policy was called {len(features)} times, expected {horizon}"
 
         # Differentiable online pass (BPTT over the H imagined steps).
-        frames = imagined_obs[:, :-1].flatten(0, 1)
-        online_features = self.model.features_for_backprop(frames, torch.stack(features, dim=1).flatten(0, 1))
         self.model.state = burnt_in_state
-        online = [self.model.step(x) for x in online_features.view(b, horizon, -1).unbind(dim=1)]
+        online = [self.model.step(x) for x in features]
         logits_act = torch.stack([o.logits_act for o in online], dim=1)  # (B, H, A)
         value_out = torch.stack([o.value_out for o in online], dim=1)  # (B, H, K)
 

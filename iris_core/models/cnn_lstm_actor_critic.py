@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from iris_core.config import ActorCriticConfig
 from iris_core.models.convnet import FrameEncoder
-from iris_core.models.recompute import FRAMES_PER_CHUNK, with_recomputed_backward
+from iris_core.models.recompute import FRAMES_PER_CHUNK
 
 LstmState = tuple[Tensor, Tensor]
 
@@ -129,19 +129,14 @@ class CnnLstmActorCritic(nn.Module):
         """Advance the state over ``(N, T, C, H, W)`` real frames, without gradients (spec §5)."""
         self.unroll(obs)
 
-    def features_for_backprop(self, obs: Tensor, features: Tensor) -> Tensor:
-        """``features`` (already computed from ``obs`` without gradients) with a backward pass.
-
-        The backward recomputes the CNN ``frames_per_chunk`` frames at a time, so the CNN
-        activations of all imagined frames never need to be alive together. Same gradients as
-        a forward with autograd, at the cost of one extra CNN forward.
-        """
-        assert obs.ndim == 4 and features.shape == (obs.size(0), self.config.lstm_input_dim), (
-            tuple(obs.shape),
-            tuple(features.shape),
-        )
-        params = tuple(self.frame_encoder.parameters())
-        return with_recomputed_backward(self.encode, obs, features, params, self.frames_per_chunk)
+    def encode_for_backprop(self, obs: Tensor) -> Tensor:
+        """:meth:`encode` for a backward pass that keeps only the CNN's activations below full
+        resolution: the full-resolution stem is re-run in the backward pass, ``frames_per_chunk``
+        frames at a time (``FrameEncoder.forward_recomputing_stem``). Same values and gradients."""
+        assert obs.ndim == 4, f"expected (N, C, H, W) frames, got {tuple(obs.shape)}"
+        maps = self.frame_encoder.forward_recomputing_stem(obs, self.frames_per_chunk)
+        features: Tensor = rearrange(maps, "n c h w -> n (h w c)")
+        return features
 
 
 def _chunks(x: Tensor, size: int) -> list[Tensor]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from iris_core.config import FrameCnnConfig
+from iris_core.models.recompute import with_recomputed_backward
 from iris_core.models.recomputed_conv import batch_chunks, concat_batch, conv_of, norm_act_conv
 
 
@@ -139,10 +140,15 @@ def _check_input(x: Tensor, channels: int) -> None:
     assert x.ndim == 4 and x.size(1) == channels, f"expected (N, {channels}, H, W), got {tuple(x.shape)}"
 
 
-def _run(layers: nn.Sequential, x: Tensor, channels_last: bool) -> Tensor:
-    """``layers`` in order; the final GN → SiLU → conv saves only its input (see ``norm_act_conv``)."""
+def _run(layers: nn.Sequential, x: Tensor, channels_last: bool, head: bool = True) -> Tensor:
+    """``layers`` in order; with ``head``, the final GN → SiLU → conv saves only its input (see
+    ``norm_act_conv``)."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if not head:
+        for layer in layers:
+            x = layer(x)
+        return x
     *body, norm, _, conv = layers
     for layer in body:
         x = layer(x)
@@ -173,12 +179,17 @@ class _FrameCnn(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels)
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return _run(self.layers, x, self.channels_last)
+        return self._forward(self.layers, x, self.map_shapes, head=True)
+
+    def _forward(
+        self, layers: nn.Sequential, x: Tensor, map_shapes: list[tuple[int, float]], head: bool
+    ) -> Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layers.parameters())):
+            return _run(layers, x, self.channels_last, head)
         height, width = x.shape[-2:]
-        largest = max(c * int(height * scale) * int(width * scale) for c, scale in self.map_shapes)
+        largest = max(c * int(height * scale) * int(width * scale) for c, scale in map_shapes)
         chunks = batch_chunks(x.size(0), largest * max(x.element_size(), 2))
-        return concat_batch([_run(self.layers, x[chunk], self.channels_last) for chunk in chunks])
+        return concat_batch([_run(layers, x[chunk], self.channels_last, head) for chunk in chunks])
 
 
 class FrameEncoder(_FrameCnn):
@@ -204,7 +215,47 @@ class FrameEncoder(_FrameCnn):
             if down:
                 layers.append(Downsample(width))
                 scale /= 2
+        # The stem: every layer at the input resolution, up to and including the first downsample.
+        downsamples = [i for i, layer in enumerate(layers) if isinstance(layer, Downsample)]
+        self.num_stem_layers = downsamples[0] + 1 if downsamples else 0
         self._finish(layers, width, config.latent_dim, config)
+
+    @property
+    def stem_parameters(self) -> tuple[Tensor, ...]:
+        return tuple(self._layer_range(0, self.num_stem_layers).parameters())
+
+    def stem(self, x: Tensor) -> Tensor:
+        """The full-resolution layers (where most of the activation memory is): ``forward(x)``
+        equals ``rest(stem(x))``. Without autograd, runs in batch chunks like ``forward``."""
+        _check_input(x, self.in_channels)
+        if self.num_stem_layers == 0:
+            return x
+        full_resolution = [(c, scale) for c, scale in self.map_shapes if scale == 1.0]
+        return self._forward(self._layer_range(0, self.num_stem_layers), x, full_resolution, head=False)
+
+    def _layer_range(self, start: int, stop: int) -> nn.Sequential:
+        # A view on some of ``layers`` (the modules are shared, nothing is registered twice).
+        return nn.Sequential(*(self.layers[i] for i in range(start, stop)))
+
+    def rest(self, h: Tensor) -> Tensor:
+        """The layers after :meth:`stem`."""
+        lower_resolution = [(c, scale * 2) for c, scale in self.map_shapes if scale < 1.0] or self.map_shapes
+        stop = len(self.layers)
+        return self._forward(self._layer_range(self.num_stem_layers, stop), h, lower_resolution, head=True)
+
+    def forward_recomputing_stem(self, x: Tensor, frames_per_chunk: int) -> Tensor:
+        """``forward(x)`` for a backward pass that keeps only the activations below full resolution.
+
+        The stem runs without autograd and is re-run in the backward pass, ``frames_per_chunk``
+        frames at a time (``recompute.with_recomputed_backward``); the other layers keep their
+        activations as usual. Same values and gradients as ``forward``; the stem holds about 40%
+        of the FLOPs and most of the activation memory, so this trades a partial forward pass
+        for that memory. Without autograd it is ``forward``.
+        """
+        with torch.no_grad():
+            h = self.stem(x)
+        h = with_recomputed_backward(self.stem, x, h, self.stem_parameters, frames_per_chunk)
+        return self.rest(h)
 
 
 class FrameDecoder(_FrameCnn):

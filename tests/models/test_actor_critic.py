@@ -237,13 +237,16 @@ def test_recomputed_features_give_autograd_gradients() -> None:
     obs = torch.rand(7, 3, 64, 64, dtype=torch.float64)
     weights = torch.randn(7, config.lstm_input_dim, dtype=torch.float64)
 
-    (model.encode(obs) * weights).sum().backward()
+    expected_features = model.encode(obs)
+    (expected_features * weights).sum().backward()
     expected = grads(model.frame_encoder)
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        features = model.encode_many(obs)
-    (model.features_for_backprop(obs, features) * weights).sum().backward()
+    features = model.encode_for_backprop(obs)
+    torch.testing.assert_close(features, expected_features, rtol=0, atol=0)
+    (features * weights).sum().backward()
 
+    assert len(expected) == len(list(model.frame_encoder.parameters()))
+    assert all(grad is not None for grad in expected.values())
     for name, grad in grads(model.frame_encoder).items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-10, atol=1e-12)
 

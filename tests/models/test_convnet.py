@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from iris_core.config import IrisConfig
+from iris_core.config import FrameCnnConfig, IrisConfig
 from iris_core.models.convnet import (
     Downsample,
     FrameDecoder,
@@ -140,3 +140,31 @@ def test_upsample_uses_the_sub_pixel_form_only_in_full_precision() -> None:
     assert conv_flops() == 2 * 2 * (4 * 8) * 8 * 4 * (9 * 9)  # one 2×2 conv, 4 phases, 9×9 positions
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv_flops() == direct
+
+
+def test_recomputing_the_stem_keeps_no_full_resolution_map() -> None:
+    """``forward_recomputing_stem`` saves no map at the input resolution for the backward pass
+    (only the input frames), while a plain forward saves several; values are the same."""
+    torch.manual_seed(0)
+    config = FrameCnnConfig(num_channels=8, mult=(1, 2), down=(1, 1), latent_dim=4, norm_groups=4)
+    encoder = FrameEncoder(config, 3)
+    assert encoder.num_stem_layers == 3  # conv, RB, Down
+    x = torch.rand(4, 3, 16, 16)
+
+    def full_resolution_saved(fn: object) -> tuple[torch.Tensor, int]:
+        count = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal count
+            if t.ndim == 4 and t.shape[-2:] == (16, 16) and t.data_ptr() != x.data_ptr():
+                count += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn(x)  # type: ignore[operator]
+        return out, count
+
+    plain, plain_count = full_resolution_saved(encoder)
+    recomputed, count = full_resolution_saved(lambda t: encoder.forward_recomputing_stem(t, 2))
+    assert plain_count >= 3 and count == 0, (plain_count, count)
+    torch.testing.assert_close(recomputed, plain, rtol=0, atol=0)
