@@ -166,16 +166,22 @@ def _backward_chunk(
 def group_norm(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """``F.group_norm`` working around two slow paths of torch's CPU kernels on channels-last maps.
 
-    On channels-last bf16 maps, torch's GroupNorm backward is an order of magnitude slower than
-    on contiguous ones, and so is the forward on maps of 16×16 and smaller; there the maps are
-    copied to the contiguous layout and back, which costs less. (In fp32 the copies cost as much
-    as they save: fp32 maps take torch's own path.)
+    On channels-last maps, torch's GroupNorm backward is an order of magnitude slower than on
+    contiguous ones (bf16 and fp32 alike), and so is the bf16 forward on maps of 16×16 and
+    smaller; there the maps are copied to the contiguous layout and back, which costs less.
+    Without autograd, fp32 maps take torch's own forward (the copies would cost what they save).
     """
     channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
     reduced_precision = x.dtype in (torch.bfloat16, torch.float16)
-    if x.device.type != "cpu" or not channels_last or x.is_contiguous() or not reduced_precision:
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)
+    if (
+        x.device.type != "cpu"
+        or not channels_last
+        or x.is_contiguous()
+        or not (reduced_precision or needs_grad)
+    ):
         return F.group_norm(x, num_groups, weight, bias, eps)
-    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad or bias.requires_grad):
+    if not needs_grad:
         return _group_norm_channels_last(x, weight, bias, num_groups, eps)[0]
     result = _GroupNormChannelsLast.apply(x, weight, bias, num_groups, eps)  # type: ignore[no-untyped-call]
     assert isinstance(result, Tensor)
