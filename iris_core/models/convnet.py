@@ -8,7 +8,10 @@ attention in any CNN. Inputs are ``(N, C, H, W)``; callers flatten batch and tim
 The layers only use convolutions, GroupNorm and element-wise ops, so the memory layout does not
 change the math: with ``channels_last`` (the default) weights and inputs are NHWC. For training,
 each GN → SiLU → conv and upsample → conv keeps only its input for the backward pass
-(``recomputed_conv``), which is what keeps the full-resolution activations affordable.
+(``recomputed_conv``; in fp32 the upsample → conv is computed in sub-pixel form, see
+``upsample_conv``), which is what keeps the full-resolution activations affordable. An encoder
+can also re-run its full-resolution stem in the backward pass instead of keeping it
+(``FrameEncoder.forward_recomputing_stem``).
 """
 
 from __future__ import annotations
