@@ -239,7 +239,8 @@ def run_campaign(
             agent.actor_critic.eval()
             phase = time.perf_counter()
             policy = InferencePolicy(agent.actor_critic, bf16=config.collection.train.policy_bf16)
-            result = collector.collect_epoch(policy, epoch, config.collection.train)
+            with writer:
+                result = collector.collect_epoch(policy, epoch, config.collection.train)
             report.train["collect/seconds"] = time.perf_counter() - phase
             manifest = manifest.with_store(store_name)
             write_manifest(manifest_url, manifest)

@@ -14,7 +14,7 @@ import zarr
 from zarr.core.sync import sync
 
 from iris_core.data.structures import Episode
-from pipelines.storage import locations
+from pipelines.storage import locations, writer_lock
 from pipelines.storage.episode_store import (
     FIELDS,
     FRAME_CHUNK,
@@ -34,13 +34,20 @@ from pipelines.storage.episode_store import (
 )
 from pipelines.storage.errors import StoreError, TableValidationError
 from pipelines.storage.tables import CRAFTER_ACHIEVEMENTS, validate_table
+from pipelines.storage.writer_lock import WriterLock
 
 
 class EpisodeStoreWriter:
-    """Appends episode parts to one store. One writer per store at a time."""
+    """Appends episode parts to one store. One writer per store at a time: creating or opening a
+    writer takes the store's lock (:mod:`~pipelines.storage.writer_lock`), released by
+    :meth:`close` (or ``with``, or when the writer is garbage-collected or its process dies)."""
 
-    def __init__(self, url: str, group: zarr.Group, attributes: StoreAttributes, index: np.ndarray) -> None:
+    def __init__(
+        self, url: str, group: zarr.Group, attributes: StoreAttributes, index: np.ndarray, lock: WriterLock
+    ) -> None:
         self.url = url
+        self._lock = lock
+        self._closed = False
         self.attributes = attributes
         self._group = group
         # Every chunk is written, even one that holds only zeros (Zarr would skip it): readers
@@ -56,8 +63,17 @@ class EpisodeStoreWriter:
     def create(cls, url: str, attributes: StoreAttributes) -> EpisodeStoreWriter:
         url = str(url)
         fs, path = locations.filesystem(url)
-        if fs.exists(path):
-            raise StoreError(url, "already exists (stores are immutable: open it to continue writing)")
+        lock = writer_lock.acquire(url)
+        try:
+            if fs.exists(path):
+                raise StoreError(url, "already exists (stores are immutable: open it to continue writing)")
+            return cls._create(url, attributes, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _create(cls, url: str, attributes: StoreAttributes, lock: WriterLock) -> EpisodeStoreWriter:
         group = zarr.open_group(
             store=locations.zarr_store(url, read_only=False), mode="w-", attributes=attributes.to_json()
         )
@@ -74,12 +90,23 @@ class EpisodeStoreWriter:
         # never mistaken for an empty one.
         group.create_array("index", shape=(0, len(INDEX_COLUMNS)), dtype=np.int64,
                            chunks=(INDEX_CHUNK, len(INDEX_COLUMNS)), **common)  # fmt: skip
-        return cls(url, group, attributes, np.zeros((0, len(INDEX_COLUMNS)), np.int64))
+        return cls(url, group, attributes, np.zeros((0, len(INDEX_COLUMNS)), np.int64), lock)
 
     @classmethod
     def open(cls, url: str) -> EpisodeStoreWriter:
         """Reopen a store to append to it, dropping whatever a killed writer left uncommitted."""
         url = str(url)
+        # First the lock: recovering a store that a live writer is writing would truncate its
+        # current episode.
+        lock = writer_lock.acquire(url)
+        try:
+            return cls._recover(url, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _recover(cls, url: str, lock: WriterLock) -> EpisodeStoreWriter:
         committed = EpisodeStore(url)  # raises, and deletes nothing, if the store is unusable
         fs, path = locations.filesystem(url)
         for stray in fs.find(path):
@@ -91,7 +118,18 @@ class EpisodeStoreWriter:
         for name, size in sizes.items():
             if name in group and (array := array_of(group, name)).shape[0] != size:
                 array.resize((size, *array.shape[1:]))
-        return cls(url, group, committed.attributes, committed.index)
+        return cls(url, group, committed.attributes, committed.index, lock)
+
+    def close(self) -> None:
+        """Release the store's writer lock; the writer appends no more (idempotent)."""
+        self._closed = True
+        self._lock.release()
+
+    def __enter__(self) -> EpisodeStoreWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def num_frames(self) -> int:
@@ -109,6 +147,8 @@ class EpisodeStoreWriter:
         An unfinished episode is written as a part and continued (same ``episode_id``,
         ``part + 1``, only the new steps) in the next iteration's store.
         """
+        if self._closed:
+            raise StoreError(self.url, "this writer was closed (open the store again to append)")
         self._check_episode(episode)
         length = len(episode)
         stored = StoredPart(episode_id, part, self._num_frames, length, episode.is_finished)

@@ -56,7 +56,7 @@ def state_on_disk(url: str) -> tuple[dict[str, int], list[Path]]:
 @pytest.mark.parametrize("kills", [10, pytest.param(40, marks=pytest.mark.slow)])
 def test_sigkill_during_appends(tmp_path: Path, kills: int) -> None:
     url = str(tmp_path / "0.zarr")
-    EpisodeStoreWriter.create(url, StoreAttributes("crash", seed=0, iteration=0, policy_version=0))
+    EpisodeStoreWriter.create(url, StoreAttributes("crash", seed=0, iteration=0, policy_version=0)).close()
     rng = np.random.default_rng(0)
     verified, torn_kills = 0, 0
     for _ in range(kills):
@@ -83,6 +83,7 @@ def test_sigkill_during_appends(tmp_path: Path, kills: int) -> None:
 
         # ... and appending continues where the committed data ends.
         writer.append(crash_test_episode(committed), episode_id=committed)
+        writer.close()  # the next writer process takes the store's lock
         verified = committed + 1
 
     store = EpisodeStore(url)

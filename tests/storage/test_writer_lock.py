@@ -1,0 +1,89 @@
+"""One writer per store: a second writer is refused, before it touches anything."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storage_helpers import assert_same_episode, make_episode
+
+from pipelines.storage import EpisodeStore, EpisodeStoreWriter, StoreAttributes, StoreError
+from pipelines.storage.writer_lock import lock_path_of
+
+
+def attributes() -> StoreAttributes:
+    return StoreAttributes("breakout", seed=0, iteration=1, policy_version=0)
+
+
+@pytest.fixture(params=["local", "memory"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "1.zarr")
+    return f"memory://{uuid.uuid4().hex}/1.zarr"
+
+
+def test_a_second_writer_is_refused_and_the_first_keeps_writing(url: str) -> None:
+    first = EpisodeStoreWriter.create(url, attributes())
+    committed = make_episode(40, seed=0)
+    first.append(committed, episode_id=0)
+    with pytest.raises(StoreError, match="another writer") as error:
+        EpisodeStoreWriter.open(url)
+    assert error.value.store == url
+    with pytest.raises(StoreError, match="another writer"):
+        EpisodeStoreWriter.create(url, attributes())
+    # The refused writers changed nothing; the first one goes on.
+    later = make_episode(7, seed=1)
+    first.append(later, episode_id=1)
+    first.close()
+    with pytest.raises(StoreError, match="closed"):
+        first.append(later, episode_id=2)
+    with EpisodeStoreWriter.open(url) as second:
+        assert second.num_parts == 2
+    store = EpisodeStore(url)
+    assert_same_episode(store.read_part(0), committed)
+    assert_same_episode(store.read_part(1), later)
+
+
+def test_the_lock_goes_with_the_writer(tmp_path: Path) -> None:
+    url = str(tmp_path / "1.zarr")
+    writer = EpisodeStoreWriter.create(url, attributes())
+    lock_file = Path(lock_path_of(url))
+    assert lock_file.parent == tmp_path and lock_file.read_text() == str(os.getpid())
+    assert not lock_file.is_relative_to(Path(url))  # outside the store: Zarr never sees it
+    del writer  # garbage collection releases it too
+    assert not lock_file.exists()
+    EpisodeStoreWriter.open(url).close()
+    assert not lock_file.exists()
+
+
+def _hold_writer(url: str, ready: Any) -> None:
+    writer = EpisodeStoreWriter.open(url)
+    ready.set()
+    signal.pause()  # holds the writer until killed
+    writer.close()
+
+
+def test_a_writer_in_another_process_blocks_until_it_dies(tmp_path: Path) -> None:
+    """The lock of a killed writer is gone with its process: no stale lock to clean up."""
+    url = str(tmp_path / "1.zarr")
+    EpisodeStoreWriter.create(url, attributes()).close()
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    child = context.Process(target=_hold_writer, args=(url, ready), daemon=True)
+    child.start()
+    try:
+        assert ready.wait(timeout=60)
+        with pytest.raises(StoreError, match=f"process {child.pid}"):
+            EpisodeStoreWriter.open(url)
+    finally:
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    with EpisodeStoreWriter.open(url) as writer:
+        writer.append(make_episode(5, seed=0), episode_id=0)
+    assert EpisodeStore(url).num_frames == 5
