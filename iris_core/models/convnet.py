@@ -112,6 +112,17 @@ def _upsample(x: Tensor) -> Tensor:
 _PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
+_phase_taps_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _phase_taps(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``_PHASE_TAPS`` as a tensor, made once per dtype and device (no host-to-device copy per call)."""
+    key = (dtype, device)
+    if key not in _phase_taps_cache:
+        _phase_taps_cache[key] = torch.tensor(_PHASE_TAPS, dtype=dtype, device=device)
+    return _phase_taps_cache[key]
+
+
 def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """``conv(interpolate(x, scale_factor=2, mode="nearest"))`` for a 3×3, stride-1, padding-1 conv.
 
@@ -123,7 +134,7 @@ def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
     assert conv.groups == 1 and conv.dilation == (1, 1), conv
     n, _, h, w = x.shape
     out_channels = conv.out_channels
-    taps = torch.tensor(_PHASE_TAPS, dtype=conv.weight.dtype, device=conv.weight.device)
+    taps = _phase_taps(conv.weight.dtype, conv.weight.device)
     # (a, b, out, in, 2, 2) → (4·out, in, 2, 2): phase k = 2a + b owns channels k·out .. (k+1)·out.
     weight = torch.einsum("apk,bql,oikl->aboipq", taps, taps, conv.weight).flatten(0, 2)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
