@@ -569,6 +569,10 @@ class EnvSpec:
     frame_skip: int = 1
     done_on_life_loss: bool = False
     clip_reward: bool = False
+    # Not in the paper code, Crafter only: pixel-identical faster rendering and world generation
+    # (same frames, rewards and worlds for a seed; tested against crafter's own code). false runs
+    # crafter's own code.
+    fast: bool = True
 
     def __post_init__(self) -> None:
         _one_of(self, "kind", ("crafter", "atari"))

@@ -53,7 +53,7 @@ def make_env(spec: EnvSpec, seed: int) -> gymnasium.Env[Obs, Any]:
     """One environment as the paper builds it (spec §7), seeded with ``seed`` at its first reset."""
     env: gymnasium.Env[Obs, Any]
     if spec.kind == "crafter":
-        env = make_crafter(size=spec.size, max_episode_steps=spec.max_episode_steps)
+        env = make_crafter(size=spec.size, max_episode_steps=spec.max_episode_steps, fast=spec.fast)
     elif spec.kind == "atari":
         assert spec.id is not None, "an Atari EnvSpec names its game"
         env = make_atari(

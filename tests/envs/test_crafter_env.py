@@ -161,6 +161,20 @@ def test_fast_env_is_pixel_identical_to_crafter() -> None:
     assert resets >= 2
 
 
+def test_the_fast_path_is_a_config_switch() -> None:
+    """``env.train.fast=false`` runs crafter's own rendering and world generation; both give the
+    same first frame for a seed."""
+    frames = []
+    for fast in (True, False):
+        env = make_env(EnvSpec(fast=fast), seed=3)
+        crafter_env = env.unwrapped
+        assert isinstance(crafter_env, CrafterEnv)
+        assert crafter_env._fast is fast
+        assert fast or not crafter_env._fast_worldgen
+        frames.append(env.reset()[0])
+    np.testing.assert_array_equal(frames[0], frames[1])
+
+
 def test_vectorised_world_generation_equals_crafters() -> None:
     from crafter import constants, engine, objects, worldgen
 
