@@ -87,9 +87,10 @@ class Upsample(nn.Module):
         if not torch.is_grad_enabled() or not (x.requires_grad or self.conv.weight.requires_grad):
             return upsample_conv(x, self.conv)
         # Under autograd, batch chunks keep every temporary small (see ``batch_chunks``); each
-        # chunk's convolution saves only its (padded) input.
+        # chunk's convolution saves only its (padded) input. The summed kernels are made once.
         chunks = batch_chunks(x.size(0), 4 * x[0].nbytes * max(1, -(-self.conv.out_channels // x.size(1))))
-        return concat_batch([upsample_conv(x[chunk], self.conv) for chunk in chunks])
+        weight = sub_pixel_weight(self.conv)
+        return concat_batch([upsample_conv(x[chunk], self.conv, weight) for chunk in chunks])
 
 
 def _reduced_precision(x: Tensor) -> bool:
@@ -123,20 +124,26 @@ def _phase_taps(dtype: torch.dtype, device: torch.device) -> Tensor:
     return _phase_taps_cache[key]
 
 
-def upsample_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+def sub_pixel_weight(conv: nn.Conv2d) -> Tensor:
+    """The 2×2 kernels of the four output phases, ``(4·out, in, 2, 2)``: phase k = 2a + b owns
+    channels k·out .. (k+1)·out (differentiable in ``conv.weight``)."""
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1), conv
+    assert conv.groups == 1 and conv.dilation == (1, 1), conv
+    taps = _phase_taps(conv.weight.dtype, conv.weight.device)
+    return torch.einsum("apk,bql,oikl->aboipq", taps, taps, conv.weight).flatten(0, 2)
+
+
+def upsample_conv(x: Tensor, conv: nn.Conv2d, weight: Tensor | None = None) -> Tensor:
     """``conv(interpolate(x, scale_factor=2, mode="nearest"))`` for a 3×3, stride-1, padding-1 conv.
 
     One 2×2 convolution over the 1-padded input computes the four output phases (a, b) as four
     groups of output channels, with kernels summed from ``conv.weight`` (16 taps per input pixel
     instead of 36); the phases are then interleaved into the ×2 map. Same value up to rounding.
+    ``weight``: ``sub_pixel_weight(conv)`` when the caller already has it.
     """
-    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1), conv
-    assert conv.groups == 1 and conv.dilation == (1, 1), conv
+    weight = sub_pixel_weight(conv) if weight is None else weight
     n, _, h, w = x.shape
     out_channels = conv.out_channels
-    taps = _phase_taps(conv.weight.dtype, conv.weight.device)
-    # (a, b, out, in, 2, 2) → (4·out, in, 2, 2): phase k = 2a + b owns channels k·out .. (k+1)·out.
-    weight = torch.einsum("apk,bql,oikl->aboipq", taps, taps, conv.weight).flatten(0, 2)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     bias = None if conv.bias is None else conv.bias.repeat(4)
