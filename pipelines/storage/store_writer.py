@@ -149,6 +149,12 @@ class EpisodeStoreWriter:
         """
         if self._closed:
             raise StoreError(self.url, "this writer was closed (open the store again to append)")
+        if self._lock.inherited:
+            raise StoreError(
+                self.url,
+                f"this writer belongs to process {self._lock.owner_pid} and was copied into this one "
+                "by fork; one writer per store (open the store here once that writer is closed)",
+            )
         self._check_episode(episode)
         length = len(episode)
         stored = StoredPart(episode_id, part, self._num_frames, length, episode.is_finished)

@@ -11,6 +11,10 @@ at once, naming the store and the holder, when another writer has it.
 - ``memory://`` stores live in one process: a registry of the stores with a live writer.
 - Object stores (``s3://``...) have no locks: there, one writer per store is the caller's duty.
   So are local stores on a platform without ``fcntl`` (Windows).
+
+A process forked while a writer is open does not inherit its lock: the child closes its copy of
+the lock file at once and its copy of the writer refuses to append. Otherwise the child would keep
+the store locked after its parent died, or unlock it under the live parent when it released.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
@@ -32,6 +37,7 @@ except ImportError:  # pragma: no cover (Windows)
 
 _in_process: set[str] = set()
 _in_process_guard = threading.Lock()
+_live_locks: weakref.WeakSet[WriterLock] = weakref.WeakSet()
 
 
 class WriterLock:
@@ -42,10 +48,24 @@ class WriterLock:
         self._fd = fd
         self._lock_path = lock_path
         self._key = key
+        self.owner_pid = os.getpid()
+        self.inherited = False  # a copy made by fork: held by the parent, not by this process
+        if self.held:
+            _live_locks.add(self)
 
     @property
     def held(self) -> bool:
         return self._fd is not None or self._key is not None
+
+    def _drop_inherited(self) -> None:
+        """In a forked child: close this process's copy of the lock file, leaving the lock (and
+        its file) to the parent, which still holds it."""
+        if self.held:
+            self.inherited = True
+        fd, self._fd, self._lock_path, self._key = self._fd, None, None, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -66,6 +86,17 @@ class WriterLock:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # never raise from a finaliser
             self.release()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_live_locks):
+        lock._drop_inherited()
+    _live_locks.clear()
+    _in_process.clear()  # the child's memory stores are copies, with no writer of their own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def lock_path_of(url: str) -> str:

@@ -32,8 +32,10 @@ def attrs(iteration: int) -> StoreAttributes:
     )
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "s3":
+        return f"{request.getfixturevalue('s3_bucket')}/episodes"
     return str(tmp_path / "episodes") if request.param == "local" else f"memory://{uuid.uuid4().hex}/episodes"
 
 

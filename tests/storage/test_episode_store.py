@@ -36,10 +36,12 @@ def attributes(achievements: bool = False) -> StoreAttributes:
                            with_achievements=achievements)  # fmt: skip
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "2.zarr")
+    if request.param == "s3":
+        return f"{request.getfixturevalue('s3_bucket')}/episodes/2.zarr"
     return f"memory://{uuid.uuid4().hex}/2.zarr"
 
 
@@ -294,3 +296,27 @@ def test_cached_step_reads_equal_make_segment(tmp_path: Path, cache_bytes: int) 
                 np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
     assert dataset.step_cache.nbytes <= cache_bytes
     assert (dataset.step_cache.nbytes > 0) == (cache_bytes > 0)
+
+
+def test_an_s3_store_recovers_from_an_uncommitted_tail(s3_bucket: str) -> None:
+    """A writer that died mid-append on S3 left arrays longer than the index: readers never see
+    the tail, reopening cuts it off, appending continues; a missing store is named."""
+    url = f"{s3_bucket}/episodes/3.zarr"
+    episodes = write_store(url)
+    group = zarr.open_group(url, mode="r+")
+    committed = sum(LENGTHS)
+    for name in ("obs", "act", "rew", "end", "trunc"):
+        array = group[name]
+        array.resize((committed + 50, *array.shape[1:]))  # type: ignore[union-attr]
+        array[committed:] = 1  # type: ignore[index]
+    store = EpisodeStore(url)
+    assert store.num_frames == committed and len(store.parts) == len(LENGTHS)
+    with EpisodeStoreWriter.open(url) as writer:
+        assert zarr.open_group(url, mode="r")["obs"].shape[0] == committed  # type: ignore[union-attr]
+        extra = make_episode(40, seed=7)
+        writer.append(extra, episode_id=len(episodes))
+    store = EpisodeStore(url)
+    assert_same_episode(store.read_part(len(episodes)), extra)
+    assert_same_episode(store.read_part(1), episodes[1])
+    with pytest.raises(StoreNotFoundError, match=re.escape(f"{s3_bucket}/episodes/nope.zarr")):
+        EpisodeStore(f"{s3_bucket}/episodes/nope.zarr")

@@ -87,3 +87,67 @@ def test_a_writer_in_another_process_blocks_until_it_dies(tmp_path: Path) -> Non
     with EpisodeStoreWriter.open(url) as writer:
         writer.append(make_episode(5, seed=0), episode_id=0)
     assert EpisodeStore(url).num_frames == 5
+
+
+def _use_the_inherited_copy(writer: EpisodeStoreWriter, messages: Any) -> None:
+    try:
+        writer.append(make_episode(3, seed=2), episode_id=9)
+        messages.put("appended")
+    except StoreError as error:
+        messages.put(str(error))
+    writer.close()  # the copy's close must leave the parent's lock alone
+    del writer
+    messages.put("closed")
+
+
+def test_a_forked_copy_of_a_writer_neither_writes_nor_unlocks(tmp_path: Path) -> None:
+    url = str(tmp_path / "1.zarr")
+    writer = EpisodeStoreWriter.create(url, attributes())
+    writer.append(make_episode(4, seed=0), episode_id=0)
+    context = multiprocessing.get_context("fork")
+    messages = context.Queue()
+    child = context.Process(target=_use_the_inherited_copy, args=(writer, messages))
+    child.start()
+    refusal, closed = messages.get(timeout=60), messages.get(timeout=60)
+    child.join()
+    assert "copied into this one by fork" in refusal and f"process {os.getpid()}" in refusal
+    assert closed == "closed"
+    # The parent still holds the lock, its file is still there, and it goes on writing.
+    assert Path(lock_path_of(url)).read_text() == str(os.getpid())
+    with pytest.raises(StoreError, match="another writer"):
+        EpisodeStoreWriter.open(url)
+    writer.append(make_episode(6, seed=1), episode_id=1)
+    writer.close()
+    assert len(EpisodeStore(url).parts) == 2
+
+
+def _writer_with_a_forked_child(url: str, child_pids: Any) -> None:
+    writer = EpisodeStoreWriter.open(url)  # held until this process is killed
+    pid = os.fork()
+    if pid == 0:  # a worker forked while the writer is open, outliving its parent
+        signal.pause()
+        os._exit(0)
+    child_pids.put(pid)
+    signal.pause()
+    writer.close()
+
+
+def test_a_killed_writer_frees_the_store_even_if_its_forked_children_live_on(tmp_path: Path) -> None:
+    url = str(tmp_path / "1.zarr")
+    EpisodeStoreWriter.create(url, attributes()).close()
+    context = multiprocessing.get_context("fork")
+    child_pids = context.Queue()
+    writer_process = context.Process(target=_writer_with_a_forked_child, args=(url, child_pids), daemon=True)
+    writer_process.start()
+    orphan = child_pids.get(timeout=60)
+    try:
+        with pytest.raises(StoreError, match=f"process {writer_process.pid}"):
+            EpisodeStoreWriter.open(url)
+        assert writer_process.pid is not None
+        os.kill(writer_process.pid, signal.SIGKILL)
+        writer_process.join()
+        with EpisodeStoreWriter.open(url) as writer:  # the orphan does not hold the lock
+            writer.append(make_episode(5, seed=0), episode_id=0)
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    assert EpisodeStore(url).num_frames == 5
