@@ -72,9 +72,14 @@ def time_components(num_envs: int, policy_name: str, fast: bool, bf16: bool) -> 
 
 
 def run_row(
-    num_envs: int, steps: int, policy_name: str, num_workers: int, fast: bool, bf16: bool
+    num_envs: int, steps: int, policy_name: str, processes: int, fast: bool, bf16: bool
 ) -> dict[str, Any]:
-    env = BatchEnv([partial(_crafter_env, i, fast) for i in range(num_envs)], num_workers=num_workers)
+    num_workers, in_process = processes - 1, True
+    env = BatchEnv(
+        [partial(_crafter_env, i, fast) for i in range(num_envs)],
+        num_workers=num_workers,
+        in_process_group=in_process,
+    )
     collector = Collector(env, None, burn_in_length=5, seed=0)
     policy: Any = None
     if policy_name == "actor-critic":
@@ -92,7 +97,7 @@ def run_row(
         "numba": os.environ.get("NUMBA_DISABLE_JIT", "0") != "1",
         "path": ("fast" + ("+bf16" if bf16 and policy_name != "random" else "")) if fast else "crafter",
         "envs": num_envs,
-        "workers": num_workers,
+        "processes": processes,
         "steps": result.num_steps,
         "episodes": len(result.episodes),
         "steps_per_s": result.num_steps / seconds,
@@ -109,7 +114,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--policy", choices=["random", "actor-critic", "both"], default="both")
     parser.add_argument("--numba", choices=["on", "off", "both"], default="both")
-    parser.add_argument("--workers", type=int, default=0, help="env worker processes (0: in-process)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes stepping envs: this one plus processes - 1 workers")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--path", choices=["fast", "crafter", "both"], default="both",
                         help="fast: our fast path; crafter: crafter's own code, plain policy")  # fmt: skip
@@ -121,7 +127,7 @@ def main() -> None:
     if args.row:
         print(
             json.dumps(
-                run_row(args.envs, args.steps, args.policy, args.workers, args.path != "crafter", args.bf16)
+                run_row(args.envs, args.steps, args.policy, args.processes, args.path != "crafter", args.bf16)
             )
         )
         return
@@ -136,7 +142,7 @@ def main() -> None:
             if numba == "off":
                 env["NUMBA_DISABLE_JIT"] = "1"
             command = [sys.executable, __file__, "--row", "--envs", str(args.envs),
-                       "--steps", str(args.steps), "--policy", policy, "--workers", str(args.workers),
+                       "--steps", str(args.steps), "--policy", policy, "--processes", str(args.processes),
                        "--threads", str(args.threads), "--path", path]  # fmt: skip
             command += ["--bf16"] if args.bf16 else []
             out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
@@ -147,7 +153,7 @@ def main() -> None:
 
 
 def _format(rows: list[dict[str, Any]], header: bool) -> str:
-    columns = ["policy", "path", "numba", "envs", "workers", "steps", "episodes", "steps_per_s", "reset_ms",
+    columns = ["policy", "path", "numba", "envs", "processes", "steps", "episodes", "steps_per_s", "reset_ms",
                "env_step_ms", "policy_ms"]  # fmt: skip
     lines = []
     if header:

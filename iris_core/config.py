@@ -487,9 +487,12 @@ class TrainCollectionConfig:
     # Not in the paper: run the policy under bf16 autocast while collecting (~1.7× faster on CPUs
     # with bf16 instructions; action probabilities differ slightly from fp32). Off = the paper.
     policy_bf16: bool = False
+    # Not in the paper, speed only: processes stepping the envs (this one plus env_processes - 1
+    # workers, each with a share of the envs). The episodes do not depend on it.
+    env_processes: int = 2
 
     def __post_init__(self) -> None:
-        _positive(self, "num_envs", "temperature", "num_steps", "num_steps_first_epoch")
+        _positive(self, "num_envs", "temperature", "num_steps", "num_steps_first_epoch", "env_processes")
         _non_negative(self, "stop_after_epochs", "num_episodes_to_save")
         _unit_interval(self, "epsilon")
 
@@ -507,9 +510,10 @@ class TestCollectionConfig:
     should_sample: bool = True  # the test policy samples at temperature 1: it is not greedy
     temperature: float = 1.0
     num_episodes: int = 64
+    env_processes: int = 2  # as in TrainCollectionConfig
 
     def __post_init__(self) -> None:
-        _positive(self, "num_envs", "temperature", "num_episodes")
+        _positive(self, "num_envs", "temperature", "num_episodes", "env_processes")
         _non_negative(self, "num_episodes_to_save")
         _unit_interval(self, "epsilon")
 

@@ -192,8 +192,13 @@ def run_campaign(
     if device.type == "cuda":
         enable_tf32()  # as the reference trains (spec §6)
 
-    train_env = make_batch_env(config.env.train, config.collection.train.num_envs, seed)
-    test_env = make_batch_env(config.env.test, config.collection.test.num_envs, seed + 1_000_000)
+    collection = config.collection
+    train_env = make_batch_env(
+        config.env.train, collection.train.num_envs, seed, processes=collection.train.env_processes
+    )
+    test_env = make_batch_env(
+        config.env.test, collection.test.num_envs, seed + 1_000_000, processes=collection.test.env_processes
+    )
     config = config.with_num_actions(train_env.num_actions)
     (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
 

@@ -6,9 +6,11 @@ together; an env that is done keeps returning its final transition (and is not s
 reset; ``BatchStep.was_running`` says which envs were still running before the step, which is what
 collection counts as steps. Observations come out channel-first, ``(N, C, H, W)`` uint8.
 
-Envs run in this process (``num_workers=0``: best on 2 cores) or in worker processes, each owning a
-contiguous group of envs (worth it on a many-core machine). Either way the envs' full state can be
-taken out with :meth:`BatchEnv.env_states` and put back with :meth:`BatchEnv.load_env_states`.
+Envs run in this process, in worker processes, or both: each process owns a contiguous group of
+envs, and with ``in_process_group`` this process steps its group while the workers step theirs
+(one round trip per step; on 2 cores, one worker plus this process is the fastest). Either way
+the envs' full state can be taken out with :meth:`BatchEnv.env_states` and put back with
+:meth:`BatchEnv.load_env_states`.
 """
 
 from __future__ import annotations
@@ -125,6 +127,16 @@ class _LocalGroup:
         for env in self.envs:
             env.close()
 
+    # The process-group protocol: a command "sent" here runs when its result is received, so
+    # that it runs while the worker processes work on theirs.
+    def send(self, command: str, *args: Any) -> None:
+        self._pending = (command, args)
+
+    def recv(self) -> Any:
+        command, args = self._pending
+        del self._pending
+        return getattr(self, command)(*args)
+
 
 def _worker(conn: Connection, env_fns_bytes: bytes) -> None:
     group = _LocalGroup(pickle.loads(env_fns_bytes))
@@ -170,58 +182,71 @@ class BatchEnv:
         env_fns: Sequence[Callable[[], gymnasium.Env[Obs, Any]]],
         num_workers: int = 0,
         start_method: str = "spawn",
+        in_process_group: bool = False,
     ) -> None:
+        """``num_workers`` worker processes (0: every env in this process); with
+        ``in_process_group`` this process steps one more group itself, while the workers step
+        theirs. Results do not depend on the grouping: every env has its own random stream."""
         self.num_envs = len(env_fns)
         assert self.num_envs > 0
         probe = env_fns[0]()
         self.num_actions = num_actions_of(probe)
         self.single_obs_shape: tuple[int, ...] = tuple(probe.observation_space.shape or ())
         probe.close()
+        num_local = 1 if num_workers <= 0 or in_process_group else 0
+        num_groups = min(max(num_workers, 0) + num_local, self.num_envs)
         # Groups of contiguous env indices; group g owns envs [bounds[g], bounds[g+1]).
-        num_groups = max(1, min(num_workers, self.num_envs))
         self._bounds = np.linspace(0, self.num_envs, num_groups + 1).round().astype(int).tolist()
-        if num_workers <= 0:
-            self._local: _LocalGroup | None = _LocalGroup(env_fns)
-            self._procs: list[_ProcessGroup] = []
-        else:
+        spans = list(zip(self._bounds, self._bounds[1:], strict=False))
+        self._groups: list[_LocalGroup | _ProcessGroup] = []
+        if num_local:
+            self._groups.append(_LocalGroup(env_fns[spans[0][0] : spans[0][1]]))
+        if len(spans) > num_local:
             context = mp.get_context(start_method)
-            self._local = None
-            self._procs = [
-                _ProcessGroup(env_fns[lo:hi], context)
-                for lo, hi in zip(self._bounds, self._bounds[1:], strict=False)
-            ]
+            self._groups += [_ProcessGroup(env_fns[lo:hi], context) for lo, hi in spans[num_local:]]
         self._running = np.zeros(self.num_envs, dtype=bool)
         self._last: list[_Transition | None] = [None] * self.num_envs
 
+    @property
+    def num_processes(self) -> int:
+        """Worker processes stepping envs (this one not counted)."""
+        return sum(isinstance(g, _ProcessGroup) for g in self._groups)
+
     # -- dispatch to the groups --------------------------------------------------------------
+
+    def _spans(self) -> list[tuple[_LocalGroup | _ProcessGroup, int, int]]:
+        spans = zip(self._bounds, self._bounds[1:], strict=False)
+        return [(group, lo, hi) for group, (lo, hi) in zip(self._groups, spans, strict=True)]
+
+    def _exchange(self, sends: list[tuple[_LocalGroup | _ProcessGroup, str, tuple[Any, ...]]]) -> list[Any]:
+        """Send every group its command, then collect the results in the same order. The workers
+        get theirs first; the group in this process runs while they work."""
+        order = sorted(range(len(sends)), key=lambda k: isinstance(sends[k][0], _LocalGroup))
+        for k in order:
+            group, command, args = sends[k]
+            group.send(command, *args)
+        results: list[Any] = [None] * len(sends)
+        for k in sorted(order, key=lambda k: not isinstance(sends[k][0], _LocalGroup)):
+            results[k] = sends[k][0].recv()
+        return results
 
     def _call(self, command: str, per_env: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
         """Run ``command`` for the envs in ``per_env`` (env index -> extra args), grouped."""
-        if self._local is not None:
-            indices = sorted(per_env)
-            args = [per_env[i] for i in indices]
-            results: list[Any]
-            if command == "reset":
-                results = self._local.reset(indices)
-            else:
-                results = self._local.step(indices, [a[0] for a in args])
-            return dict(zip(indices, results, strict=True))
-        jobs = []
-        for group, (lo, hi) in zip(
-            self._procs, zip(self._bounds, self._bounds[1:], strict=False), strict=True
-        ):
+        sends: list[tuple[_LocalGroup | _ProcessGroup, str, tuple[Any, ...]]] = []
+        jobs: list[list[int]] = []
+        for group, lo, hi in self._spans():
             indices = [i for i in sorted(per_env) if lo <= i < hi]
             if not indices:
                 continue
             local = [i - lo for i in indices]
             if command == "reset":
-                group.send("reset", local)
+                sends.append((group, "reset", (local,)))
             else:
-                group.send("step", local, [per_env[i][0] for i in indices])
-            jobs.append((group, indices))
+                sends.append((group, "step", (local, [per_env[i][0] for i in indices])))
+            jobs.append(indices)
         out: dict[int, Any] = {}
-        for group, indices in jobs:
-            out.update(zip(indices, group.recv(), strict=True))
+        for indices, results in zip(jobs, self._exchange(sends), strict=True):
+            out.update(zip(indices, results, strict=True))
         return out
 
     # -- the vector-env API ------------------------------------------------------------------
@@ -276,35 +301,19 @@ class BatchEnv:
 
     def env_states(self) -> dict[str, Any]:
         """Everything needed to continue exactly from here: pickled envs and the done tracking."""
-        if self._local is not None:
-            envs = self._local.get_states()
-        else:
-            envs = []
-            for group in self._procs:
-                group.send("get_states")
-            for group in self._procs:
-                envs.extend(group.recv())
+        per_group = self._exchange([(group, "get_states", ()) for group in self._groups])
+        envs = [state for states in per_group for state in states]
         return {"envs": envs, "running": self._running.copy(), "last": pickle.dumps(self._last)}
 
     def load_env_states(self, state: dict[str, Any]) -> None:
         envs = state["envs"]
         assert len(envs) == self.num_envs, (len(envs), self.num_envs)
-        if self._local is not None:
-            self._local.set_states(envs)
-        else:
-            for group, (lo, hi) in zip(
-                self._procs, zip(self._bounds, self._bounds[1:], strict=False), strict=True
-            ):
-                group.send("set_states", envs[lo:hi])
-            for group in self._procs:
-                group.recv()
+        self._exchange([(group, "set_states", (envs[lo:hi],)) for group, lo, hi in self._spans()])
         self._running = np.asarray(state["running"], dtype=bool).copy()
         self._last = pickle.loads(state["last"])
 
     def close(self) -> None:
-        if self._local is not None:
-            self._local.close()
-        for group in self._procs:
+        for group in self._groups:
             group.close()
 
 
@@ -313,9 +322,15 @@ def _channel_first(obs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
 
 
-def make_batch_env(spec: EnvSpec, num_envs: int, seed: int, num_workers: int = 0) -> BatchEnv:
-    """``num_envs`` envs of ``spec``; env ``i`` is seeded with ``seed + i``."""
-    return BatchEnv([_EnvFn(spec, seed + i) for i in range(num_envs)], num_workers=num_workers)
+def make_batch_env(spec: EnvSpec, num_envs: int, seed: int, processes: int = 1) -> BatchEnv:
+    """``num_envs`` envs of ``spec``; env ``i`` is seeded with ``seed + i``.
+
+    ``processes`` share the stepping: this one and ``processes - 1`` workers, each with a
+    contiguous group of envs (1: all in this process).
+    """
+    assert processes >= 1, f"processes must be >= 1, got {processes}"
+    env_fns = [_EnvFn(spec, seed + i) for i in range(num_envs)]
+    return BatchEnv(env_fns, num_workers=processes - 1, in_process_group=True)
 
 
 @dataclass(frozen=True)

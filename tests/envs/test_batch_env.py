@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from iris_core.config import EnvSpec
-from iris_core.envs.factory import BatchEnv, make_batch_env
+from iris_core.envs.factory import BatchEnv, _EnvFn, make_batch_env
 
 
 class Countdown(gymnasium.Env[np.ndarray, int]):
@@ -94,7 +94,7 @@ def test_worker_processes_match_in_process_envs() -> None:
     actions = np.random.default_rng(0).integers(17, size=(70, 3))
     local = make_batch_env(spec, 3, seed=11)
     local.reset()
-    workers = make_batch_env(spec, 3, seed=11, num_workers=2)
+    workers = BatchEnv([_EnvFn(spec, 11 + i) for i in range(3)], num_workers=2)
     try:
         workers.reset()
         for a, b in zip(_roll(local, actions), _roll(workers, actions), strict=True):
@@ -107,6 +107,29 @@ def test_worker_processes_match_in_process_envs() -> None:
             np.testing.assert_array_equal(a, b)
     finally:
         workers.close()
+
+
+def test_this_process_and_a_worker_share_the_envs() -> None:
+    """``processes=2``: this process steps one group while a worker steps the other; the frames
+    are those of stepping everything here, and checkpoints move between the two setups."""
+    spec = EnvSpec(max_episode_steps=30)
+    actions = np.random.default_rng(2).integers(17, size=(70, 5))
+    local = make_batch_env(spec, 5, seed=3)
+    shared = make_batch_env(spec, 5, seed=3, processes=2)
+    try:
+        assert local.num_processes == 0 and shared.num_processes == 1
+        local.reset()
+        shared.reset()
+        for a, b in zip(_roll(local, actions), _roll(shared, actions), strict=True):
+            np.testing.assert_array_equal(a, b)
+        local.load_env_states(shared.env_states())
+        for a, b in zip(_roll(local, actions[:25]), _roll(shared, actions[:25]), strict=True):
+            np.testing.assert_array_equal(a, b)
+        shared.load_env_states(local.env_states())
+        for a, b in zip(_roll(local, actions[25:]), _roll(shared, actions[25:]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        shared.close()
 
 
 def test_env_states_round_trip() -> None:
