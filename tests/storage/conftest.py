@@ -25,9 +25,11 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh, empty bucket; returns its ``s3://`` URL."""
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, empty bucket; yields its ``s3://`` URL."""
+    import fsspec.asyn
     import s3fs
+    import zarr.core.sync
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -36,4 +38,14 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     s3fs.S3FileSystem.clear_instance_cache()
     bucket = f"iris-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem().mkdir(bucket)
-    return f"s3://{bucket}"
+    yield f"s3://{bucket}"
+    # Close the clients this test opened (their HTTP sessions would be reported as leaked).
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        client = getattr(fs, "_s3", None)
+        if client is None:
+            continue
+        if fs.asynchronous:  # zarr's: runs on zarr's event loop
+            zarr.core.sync.sync(client.close())
+        else:
+            fsspec.asyn.sync(fs.loop, client.close)
+    s3fs.S3FileSystem.clear_instance_cache()
