@@ -12,6 +12,7 @@ as separate DVC stages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -193,141 +194,149 @@ def run_campaign(
         enable_tf32()  # as the reference trains (spec §6)
 
     collection = config.collection
-    train_env = make_batch_env(
-        config.env.train, collection.train.num_envs, seed, processes=collection.train.env_processes
-    )
-    test_env = make_batch_env(
-        config.env.test, collection.test.num_envs, seed + 1_000_000, processes=collection.test.env_processes
-    )
-    config = config.with_num_actions(train_env.num_actions)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
-
-    agent = Agent(config).to(device)
-    training = config.training
-    component_configs = {name: getattr(training, name) for name in COMPONENTS}
-    optimizers = {
-        name: make_optimizer(getattr(agent, name), training, component_configs[name]) for name in COMPONENTS
-    }
-    samplers = {
-        name: SegmentSampler.from_config(
-            component_configs[name], can_sample_beyond_end=name != "actor_critic", seed=seed + i
+    # Env workers (collection.*.env_processes) are closed however the run ends.
+    with contextlib.ExitStack() as closing:
+        train_env = make_batch_env(
+            config.env.train, collection.train.num_envs, seed, processes=collection.train.env_processes
         )
-        for i, name in enumerate(COMPONENTS)
-    }
-    collector = Collector(
-        train_env, None, burn_in_length=config.actor_critic.burn_in_length, seed=seed, device=device
-    )
-    sink = JsonlSink(run_dir / "metrics.jsonl")
-    manifest = DatasetManifest()
-    next_part: dict[int, int] = {}
-    steps_done = dict.fromkeys(COMPONENTS, 0)
-    reports = []
+        closing.callback(train_env.close)
+        test_env = make_batch_env(
+            config.env.test,
+            collection.test.num_envs,
+            seed + 1_000_000,
+            processes=collection.test.env_processes,
+        )
+        closing.callback(test_env.close)
+        config = config.with_num_actions(train_env.num_actions)
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
 
-    for epoch in range(1, config.common.epochs + 1):
-        started = time.perf_counter()
-        sink.epoch = epoch
-        report = EpochReport(epoch=epoch, collected_steps=0, num_episodes=0)
-
-        # 1. Collect into this epoch's own store, then publish it in the manifest.
-        if config.collection.train.steps_in_epoch(epoch) > 0:
-            store_name = f"{epoch:05d}.zarr"
-            attributes = StoreAttributes(
-                env_id=config.env.train.id or config.env.train.kind,
-                seed=seed,
-                iteration=epoch,
-                policy_version=epoch - 1,
-                obs_shape=(config.tokenizer.image_channels, config.env.train.size, config.env.train.size),
-                with_achievements=config.env.train.kind == "crafter",
+        agent = Agent(config).to(device)
+        training = config.training
+        component_configs = {name: getattr(training, name) for name in COMPONENTS}
+        optimizers = {
+            name: make_optimizer(getattr(agent, name), training, component_configs[name])
+            for name in COMPONENTS
+        }
+        samplers = {
+            name: SegmentSampler.from_config(
+                component_configs[name], can_sample_beyond_end=name != "actor_critic", seed=seed + i
             )
-            writer = EpisodeStoreWriter.create(str(episodes_dir / store_name), attributes)
-            collector.sink = StoreSink(writer, next_part)
-            agent.actor_critic.eval()
-            phase = time.perf_counter()
-            policy = InferencePolicy(agent.actor_critic, bf16=config.collection.train.policy_bf16)
-            with writer:
-                result = collector.collect_epoch(policy, epoch, config.collection.train)
-            report.train["collect/seconds"] = time.perf_counter() - phase
-            manifest = manifest.with_store(store_name)
-            write_manifest(manifest_url, manifest)
-            report.collected_steps = result.num_steps
-            if result.episodes:
-                report.train["collect/return_mean"] = float(
-                    np.mean([m.episode_return for m in result.episodes])
+            for i, name in enumerate(COMPONENTS)
+        }
+        collector = Collector(
+            train_env, None, burn_in_length=config.actor_critic.burn_in_length, seed=seed, device=device
+        )
+        sink = JsonlSink(run_dir / "metrics.jsonl")
+        manifest = DatasetManifest()
+        next_part: dict[int, int] = {}
+        steps_done = dict.fromkeys(COMPONENTS, 0)
+        reports = []
+
+        for epoch in range(1, config.common.epochs + 1):
+            started = time.perf_counter()
+            sink.epoch = epoch
+            report = EpochReport(epoch=epoch, collected_steps=0, num_episodes=0)
+
+            # 1. Collect into this epoch's own store, then publish it in the manifest.
+            if config.collection.train.steps_in_epoch(epoch) > 0:
+                store_name = f"{epoch:05d}.zarr"
+                attributes = StoreAttributes(
+                    env_id=config.env.train.id or config.env.train.kind,
+                    seed=seed,
+                    iteration=epoch,
+                    policy_version=epoch - 1,
+                    obs_shape=(config.tokenizer.image_channels, config.env.train.size, config.env.train.size),
+                    with_achievements=config.env.train.kind == "crafter",
                 )
-                report.train["collect/episodes"] = float(len(result.episodes))
-        dataset = ZarrEpisodeDataset.from_manifest(manifest_url)
-        report.num_episodes = dataset.num_episodes
+                writer = EpisodeStoreWriter.create(str(episodes_dir / store_name), attributes)
+                collector.sink = StoreSink(writer, next_part)
+                agent.actor_critic.eval()
+                phase = time.perf_counter()
+                policy = InferencePolicy(agent.actor_critic, bf16=config.collection.train.policy_bf16)
+                with writer:
+                    result = collector.collect_epoch(policy, epoch, config.collection.train)
+                report.train["collect/seconds"] = time.perf_counter() - phase
+                manifest = manifest.with_store(store_name)
+                write_manifest(manifest_url, manifest)
+                report.collected_steps = result.num_steps
+                if result.episodes:
+                    report.train["collect/return_mean"] = float(
+                        np.mean([m.episode_return for m in result.episodes])
+                    )
+                    report.train["collect/episodes"] = float(len(result.episodes))
+            dataset = ZarrEpisodeDataset.from_manifest(manifest_url)
+            report.num_episodes = dataset.num_episodes
 
-        # 2. Train the three components in order (spec §2 item 2).
-        for name in COMPONENTS:
-            num_steps = component_configs[name].steps_in_epoch(epoch)
-            if num_steps == 0:
-                continue
-            sampler = samplers[name]
-            sampler.update_counts = epoch > 1  # counts stay untouched in epoch 1
+            # 2. Train the three components in order (spec §2 item 2).
+            for name in COMPONENTS:
+                num_steps = component_configs[name].steps_in_epoch(epoch)
+                if num_steps == 0:
+                    continue
+                sampler = samplers[name]
+                sampler.update_counts = epoch > 1  # counts stay untouched in epoch 1
 
-            def next_batch(sampler: SegmentSampler = sampler, source: ZarrEpisodeDataset = dataset) -> Any:
-                return load_batch(source, sampler.sample(source.episode_lengths()))
+                def next_batch(
+                    sampler: SegmentSampler = sampler, source: ZarrEpisodeDataset = dataset
+                ) -> Any:
+                    return load_batch(source, sampler.sample(source.episode_lengths()))
 
-            deps: dict[str, object] = {}
-            if name == "world_model":
-                deps = {"tokenizer": agent.tokenizer}
-            elif name == "actor_critic":
-                deps = {"tokenizer": agent.tokenizer, "world_model": agent.world_model}
-            phase = time.perf_counter()
-            means = train_component(
-                getattr(agent, name),
-                optimizers[name],
-                component_configs[name],
-                next_batch,
-                num_steps,
-                name=name,
-                deps=deps,
-                sink=sink,
-                first_step=steps_done[name],
+                deps: dict[str, object] = {}
+                if name == "world_model":
+                    deps = {"tokenizer": agent.tokenizer}
+                elif name == "actor_critic":
+                    deps = {"tokenizer": agent.tokenizer, "world_model": agent.world_model}
+                phase = time.perf_counter()
+                means = train_component(
+                    getattr(agent, name),
+                    optimizers[name],
+                    component_configs[name],
+                    next_batch,
+                    num_steps,
+                    name=name,
+                    deps=deps,
+                    sink=sink,
+                    first_step=steps_done[name],
+                )
+                getattr(agent, name).eval()
+                steps_done[name] += num_steps
+                report.train.update({f"{name}/train/{k}": v for k, v in means.items()})
+                report.train[f"{name}/seconds"] = time.perf_counter() - phase
+
+            # 3. Evaluate on the paper's cadence.
+            if config.evaluation.should and epoch % config.evaluation.every == 0:
+                agent.eval()
+                phase = time.perf_counter()
+                test_sink = MemorySink()
+                test_episodes = collect_test_epoch(
+                    test_env,
+                    agent.actor_critic,
+                    config.collection.test,
+                    burn_in_length=config.actor_critic.burn_in_length,
+                    seed=seed + epoch,
+                    sink=test_sink,
+                    device=device,
+                )
+                report.evaluation.update(summarise_test_episodes(test_episodes))
+                report.evaluation.update(held_out_losses(agent, test_sink.episodes(), config))
+                report.evaluation["evaluation/seconds"] = time.perf_counter() - phase
+
+            # 4. Checkpoint and log.
+            _atomic_torch_save(
+                {
+                    "epoch": epoch,
+                    "agent": agent.state_dict(),
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                },
+                run_dir / "agent.pt",
             )
-            getattr(agent, name).eval()
-            steps_done[name] += num_steps
-            report.train.update({f"{name}/train/{k}": v for k, v in means.items()})
-            report.train[f"{name}/seconds"] = time.perf_counter() - phase
-
-        # 3. Evaluate on the paper's cadence.
-        if config.evaluation.should and epoch % config.evaluation.every == 0:
-            agent.eval()
-            phase = time.perf_counter()
-            test_sink = MemorySink()
-            test_episodes = collect_test_epoch(
-                test_env,
-                agent.actor_critic,
-                config.collection.test,
-                burn_in_length=config.actor_critic.burn_in_length,
-                seed=seed + epoch,
-                sink=test_sink,
-                device=device,
+            report.seconds = time.perf_counter() - started
+            sink.log(
+                {k: v for k, v in {**report.train, **report.evaluation}.items() if math.isfinite(v)}
+                | {"collected_steps": float(report.collected_steps), "seconds": report.seconds},
+                step=epoch,
             )
-            report.evaluation.update(summarise_test_episodes(test_episodes))
-            report.evaluation.update(held_out_losses(agent, test_sink.episodes(), config))
-            report.evaluation["evaluation/seconds"] = time.perf_counter() - phase
+            reports.append(report)
+            if on_epoch is not None:
+                on_epoch(report)
 
-        # 4. Checkpoint and log.
-        _atomic_torch_save(
-            {
-                "epoch": epoch,
-                "agent": agent.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            },
-            run_dir / "agent.pt",
-        )
-        report.seconds = time.perf_counter() - started
-        sink.log(
-            {k: v for k, v in {**report.train, **report.evaluation}.items() if math.isfinite(v)}
-            | {"collected_steps": float(report.collected_steps), "seconds": report.seconds},
-            step=epoch,
-        )
-        reports.append(report)
-        if on_epoch is not None:
-            on_epoch(report)
-
-    train_env.close()
-    test_env.close()
-    return reports
+        return reports

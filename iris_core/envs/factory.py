@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import pickle
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -138,6 +139,13 @@ class _LocalGroup:
         return getattr(self, command)(*args)
 
 
+@dataclass(frozen=True)
+class _WorkerFailure:
+    """What a worker sends back when its envs raised: the traceback, as text."""
+
+    traceback: str
+
+
 def _worker(conn: Connection, env_fns_bytes: bytes) -> None:
     group = _LocalGroup(pickle.loads(env_fns_bytes))
     while True:
@@ -146,7 +154,11 @@ def _worker(conn: Connection, env_fns_bytes: bytes) -> None:
             group.close()
             conn.close()
             return
-        conn.send(getattr(group, command)(*args))
+        try:
+            result = getattr(group, command)(*args)
+        except Exception:
+            result = _WorkerFailure(traceback.format_exc())
+        conn.send(result)
 
 
 class _ProcessGroup:
@@ -172,6 +184,7 @@ class _ProcessGroup:
         self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.terminate()
+        self._conn.close()
 
 
 class BatchEnv:
@@ -199,11 +212,17 @@ class BatchEnv:
         self._bounds = np.linspace(0, self.num_envs, num_groups + 1).round().astype(int).tolist()
         spans = list(zip(self._bounds, self._bounds[1:], strict=False))
         self._groups: list[_LocalGroup | _ProcessGroup] = []
-        if num_local:
-            self._groups.append(_LocalGroup(env_fns[spans[0][0] : spans[0][1]]))
-        if len(spans) > num_local:
-            context = mp.get_context(start_method)
-            self._groups += [_ProcessGroup(env_fns[lo:hi], context) for lo, hi in spans[num_local:]]
+        self._broken: str | None = None  # set by an error that left the groups out of step
+        try:
+            if num_local:
+                self._groups.append(_LocalGroup(env_fns[spans[0][0] : spans[0][1]]))
+            if len(spans) > num_local:
+                context = mp.get_context(start_method)
+                for lo, hi in spans[num_local:]:
+                    self._groups.append(_ProcessGroup(env_fns[lo:hi], context))
+        except BaseException:
+            self.close()  # the workers started so far
+            raise
         self._running = np.zeros(self.num_envs, dtype=bool)
         self._last: list[_Transition | None] = [None] * self.num_envs
 
@@ -220,14 +239,36 @@ class BatchEnv:
 
     def _exchange(self, sends: list[tuple[_LocalGroup | _ProcessGroup, str, tuple[Any, ...]]]) -> list[Any]:
         """Send every group its command, then collect the results in the same order. The workers
-        get theirs first; the group in this process runs while they work."""
-        order = sorted(range(len(sends)), key=lambda k: isinstance(sends[k][0], _LocalGroup))
-        for k in order:
-            group, command, args = sends[k]
-            group.send(command, *args)
+        get theirs first; the group in this process runs while they work.
+
+        If any group fails, every reply already asked for is still collected (so that no stale
+        reply is left in a pipe), the first error is raised, and this batch refuses further use:
+        its envs may have stepped unevenly.
+        """
+        if self._broken is not None:
+            raise RuntimeError(f"this BatchEnv is unusable after an earlier error ({self._broken})")
+        error: BaseException | None = None
+        sent: list[int] = []
+        try:
+            for k in sorted(range(len(sends)), key=lambda k: isinstance(sends[k][0], _LocalGroup)):
+                group, command, args = sends[k]
+                group.send(command, *args)
+                sent.append(k)
+        except BaseException as e:  # a worker is gone
+            error = e
         results: list[Any] = [None] * len(sends)
-        for k in sorted(order, key=lambda k: not isinstance(sends[k][0], _LocalGroup)):
-            results[k] = sends[k][0].recv()
+        for k in sorted(sent, key=lambda k: not isinstance(sends[k][0], _LocalGroup)):
+            try:
+                results[k] = sends[k][0].recv()
+            except BaseException as e:  # an env in this process raised, a worker died, Ctrl-C
+                error = error or e
+                continue
+            if isinstance(results[k], _WorkerFailure):
+                error = error or RuntimeError(f"an env worker failed:\n{results[k].traceback}")
+        if error is not None:
+            lines = str(error).strip().splitlines()  # a worker's: its traceback, cause last
+            self._broken = f"{type(error).__name__}: {lines[-1] if lines else ''}"
+            raise error
         return results
 
     def _call(self, command: str, per_env: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
@@ -313,8 +354,16 @@ class BatchEnv:
         self._last = pickle.loads(state["last"])
 
     def close(self) -> None:
+        """Close every group, even if one of them raises (the first error is re-raised)."""
+        error: BaseException | None = None
         for group in self._groups:
-            group.close()
+            try:
+                group.close()
+            except BaseException as e:
+                error = error or e
+        self._groups = []
+        if error is not None:
+            raise error
 
 
 def _channel_first(obs: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ See :mod:`pipelines.storage.episode_store` for the layout and the commit protoco
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -149,7 +150,7 @@ class EpisodeStoreWriter:
         """
         if self._closed:
             raise StoreError(self.url, "this writer was closed (open the store again to append)")
-        if self._lock.inherited:
+        if self._lock.inherited or self._lock.owner_pid != os.getpid():  # also stores without a lock
             raise StoreError(
                 self.url,
                 f"this writer belongs to process {self._lock.owner_pid} and was copied into this one "

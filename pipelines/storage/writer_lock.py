@@ -89,10 +89,12 @@ class WriterLock:
 
 
 def _after_fork_in_child() -> None:
+    global _in_process_guard
     for lock in list(_live_locks):
         lock._drop_inherited()
     _live_locks.clear()
     _in_process.clear()  # the child's memory stores are copies, with no writer of their own
+    _in_process_guard = threading.Lock()  # another thread may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gymnasium
@@ -130,6 +131,46 @@ def test_this_process_and_a_worker_share_the_envs() -> None:
             np.testing.assert_array_equal(a, b)
     finally:
         shared.close()
+        local.close()
+
+
+class FailingCountdown(Countdown):
+    """A :class:`Countdown` whose ``fail_at``-th step raises."""
+
+    def __init__(self, lengths: list[int], fail_at: int) -> None:
+        super().__init__(lengths)
+        self.fail_at = fail_at
+
+    def step(self, action: int) -> Any:
+        if self.steps_taken + 1 == self.fail_at:
+            raise ValueError("boom: this env broke")
+        return super().step(action)
+
+
+@pytest.mark.parametrize("where", ["this process", "worker"])
+def test_an_env_error_is_raised_and_leaves_no_stale_reply(where: str) -> None:
+    """Env 0 runs here, env 1 in the worker. Whichever fails, the error comes out (a worker's
+    with its traceback), every reply is collected, and the batch refuses further use rather than
+    hand out the envs' results out of step."""
+    fns = [partial(Countdown, [50]), partial(Countdown, [50])]
+    fns[0 if where == "this process" else 1] = partial(FailingCountdown, [50], 3)
+    batch = BatchEnv(fns, num_workers=1, in_process_group=True)
+    try:
+        assert batch.num_processes == 1
+        batch.reset()
+        for _ in range(2):
+            batch.step(np.zeros(2, dtype=np.int64))
+        expected = ValueError if where == "this process" else RuntimeError
+        with pytest.raises(expected, match="boom: this env broke") as error:
+            batch.step(np.zeros(2, dtype=np.int64))
+        if where == "worker":
+            assert "Traceback" in str(error.value) and "raise ValueError" in str(error.value)
+        with pytest.raises(RuntimeError, match=r"unusable after an earlier error.*boom"):
+            batch.step(np.zeros(2, dtype=np.int64))
+        with pytest.raises(RuntimeError, match="unusable"):
+            batch.env_states()
+    finally:
+        batch.close()
 
 
 def test_env_states_round_trip() -> None:

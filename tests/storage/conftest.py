@@ -7,6 +7,7 @@ differs, set the way a user points at MinIO or another service: ``AWS_ENDPOINT_U
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -31,6 +32,12 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     import s3fs
     import zarr.core.sync
 
+    # Only the local server: no endpoint, profile, token or proxy of the environment applies.
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE",
+                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -40,12 +47,15 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     s3fs.S3FileSystem().mkdir(bucket)
     yield f"s3://{bucket}"
     # Close the clients this test opened (their HTTP sessions would be reported as leaked).
-    for fs in list(s3fs.S3FileSystem._cache.values()):
-        client = getattr(fs, "_s3", None)
-        if client is None:
-            continue
-        if fs.asynchronous:  # zarr's: runs on zarr's event loop
-            zarr.core.sync.sync(client.close())
-        else:
-            fsspec.asyn.sync(fs.loop, client.close)
-    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        for fs in list(s3fs.S3FileSystem._cache.values()):
+            client = getattr(fs, "_s3", None)
+            if client is None:
+                continue
+            with contextlib.suppress(Exception):
+                if fs.asynchronous:  # zarr's: runs on zarr's event loop
+                    zarr.core.sync.sync(client.close())
+                else:
+                    fsspec.asyn.sync(fs.loop, client.close)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
