@@ -227,7 +227,7 @@ class BatchEnv:
         self._last: list[_Transition | None] = [None] * self.num_envs
 
     @property
-    def num_processes(self) -> int:
+    def num_worker_processes(self) -> int:
         """Worker processes stepping envs (this one not counted)."""
         return sum(isinstance(g, _ProcessGroup) for g in self._groups)
 

@@ -118,7 +118,7 @@ def test_this_process_and_a_worker_share_the_envs() -> None:
     local = make_batch_env(spec, 5, seed=3)
     shared = make_batch_env(spec, 5, seed=3, processes=2)
     try:
-        assert local.num_processes == 0 and shared.num_processes == 1
+        assert local.num_worker_processes == 0 and shared.num_worker_processes == 1
         local.reset()
         shared.reset()
         for a, b in zip(_roll(local, actions), _roll(shared, actions), strict=True):
@@ -156,7 +156,7 @@ def test_an_env_error_is_raised_and_leaves_no_stale_reply(where: str) -> None:
     fns[0 if where == "this process" else 1] = partial(FailingCountdown, [50], 3)
     batch = BatchEnv(fns, num_workers=1, in_process_group=True)
     try:
-        assert batch.num_processes == 1
+        assert batch.num_worker_processes == 1
         batch.reset()
         for _ in range(2):
             batch.step(np.zeros(2, dtype=np.int64))
