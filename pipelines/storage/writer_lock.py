@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover (Windows)
 _in_process: set[str] = set()
 _in_process_guard = threading.Lock()
 _live_locks: weakref.WeakSet[WriterLock] = weakref.WeakSet()
+_fork_guard = threading.RLock()  # held while a lock file is taken and registered, and across fork
 
 
 class WriterLock:
@@ -88,8 +89,18 @@ class WriterLock:
             self.release()
 
 
+def _before_fork() -> None:
+    # A lock file locked by one thread but not yet registered would reach the child untracked.
+    _fork_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_guard.release()
+
+
 def _after_fork_in_child() -> None:
-    global _in_process_guard
+    global _in_process_guard, _fork_guard
+    _fork_guard = threading.RLock()
     for lock in list(_live_locks):
         lock._drop_inherited()
     _live_locks.clear()
@@ -98,7 +109,9 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
 
 
 def lock_path_of(url: str) -> str:
@@ -113,7 +126,9 @@ def acquire(url: str) -> WriterLock:
     fs, path = locations.filesystem(url)
     if isinstance(fs, LocalFileSystem) and fcntl is not None:
         lock_path = lock_path_of(url)
-        return WriterLock(url, _lock_file(url, lock_path), lock_path, None)
+        # No fork between taking the lock and registering it (see ``_before_fork``).
+        with _fork_guard:
+            return WriterLock(url, _lock_file(url, lock_path), lock_path, None)
     if isinstance(fs, MemoryFileSystem):
         key = f"memory://{path.rstrip('/')}"
         with _in_process_guard:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from storage_helpers import assert_same_episode, make_episode
 
-from pipelines.storage import EpisodeStore, EpisodeStoreWriter, StoreAttributes, StoreError
+from pipelines.storage import EpisodeStore, EpisodeStoreWriter, StoreAttributes, StoreError, writer_lock
 from pipelines.storage.writer_lock import lock_path_of
 
 
@@ -151,3 +153,41 @@ def test_a_killed_writer_frees_the_store_even_if_its_forked_children_live_on(tmp
     finally:
         os.kill(orphan, signal.SIGKILL)
     assert EpisodeStore(url).num_frames == 5
+
+
+def _open_lock_fds(lock_file: str, results: Any) -> None:
+    fds = os.listdir("/proc/self/fd")
+    results.put([fd for fd in fds if os.path.realpath(f"/proc/self/fd/{fd}") == lock_file])
+
+
+def test_a_fork_while_another_thread_takes_the_lock_leaves_the_child_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock file is taken and registered with forks held off, so no fork lands in between."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    url = str(tmp_path / "1.zarr")
+    EpisodeStoreWriter.create(url, attributes()).close()
+    locked = threading.Event()
+    real_lock_file = writer_lock._lock_file
+
+    def slow_lock_file(store: str, lock_path: str) -> int:
+        fd = real_lock_file(store, lock_path)
+        locked.set()
+        time.sleep(0.5)  # a fork now would copy a locked fd that no WriterLock tracks yet
+        return fd
+
+    monkeypatch.setattr(writer_lock, "_lock_file", slow_lock_file)
+    writers: list[EpisodeStoreWriter] = []
+    opener = threading.Thread(target=lambda: writers.append(EpisodeStoreWriter.open(url)))
+    opener.start()
+    assert locked.wait(timeout=60)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_open_lock_fds, args=(os.path.realpath(lock_path_of(url)), results))
+    child.start()  # waits for the opener to register its lock
+    inherited = results.get(timeout=60)
+    child.join()
+    opener.join()
+    assert inherited == []
+    writers[0].close()
