@@ -74,12 +74,8 @@ def time_components(num_envs: int, policy_name: str, fast: bool, bf16: bool) -> 
 def run_row(
     num_envs: int, steps: int, policy_name: str, processes: int, fast: bool, bf16: bool
 ) -> dict[str, Any]:
-    num_workers, in_process = processes - 1, True
-    env = BatchEnv(
-        [partial(_crafter_env, i, fast) for i in range(num_envs)],
-        num_workers=num_workers,
-        in_process_group=in_process,
-    )
+    env_fns = [partial(_crafter_env, i, fast) for i in range(num_envs)]
+    env = BatchEnv(env_fns, num_workers=processes - 1, in_process_group=True)
     collector = Collector(env, None, burn_in_length=5, seed=0)
     policy: Any = None
     if policy_name == "actor-critic":
