@@ -28,7 +28,7 @@ import torch
 from iris_core.config import IrisConfig, config_to_dict
 from iris_core.data.sampler import InMemoryEpisodes, SegmentSampler, load_batch, traverse
 from iris_core.data.structures import Episode
-from iris_core.envs.factory import make_batch_env
+from iris_core.envs.factory import BatchEnv, make_batch_env
 from iris_core.models.agent import Agent
 from iris_core.training.collector import Collector, EpisodeMetrics, InferencePolicy, collect_test_epoch
 from iris_core.training.optim import make_optimizer
@@ -200,13 +200,22 @@ def run_campaign(
             config.env.train, collection.train.num_envs, seed, processes=collection.train.env_processes
         )
         closing.callback(train_env.close)
-        test_env = make_batch_env(
-            config.env.test,
-            collection.test.num_envs,
-            seed + 1_000_000,
-            processes=collection.test.env_processes,
-        )
-        closing.callback(test_env.close)
+        # The test envs are started at the first evaluation (none when evaluation is off). They
+        # are untouched before it, so starting them late changes no episode.
+        test_envs: list[BatchEnv] = []
+
+        def test_env() -> BatchEnv:
+            if not test_envs:
+                env = make_batch_env(
+                    config.env.test,
+                    collection.test.num_envs,
+                    seed + 1_000_000,
+                    processes=collection.test.env_processes,
+                )
+                closing.callback(env.close)
+                test_envs.append(env)
+            return test_envs[0]
+
         config = config.with_num_actions(train_env.num_actions)
         (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
 
@@ -308,7 +317,7 @@ def run_campaign(
                 phase = time.perf_counter()
                 test_sink = MemorySink()
                 test_episodes = collect_test_epoch(
-                    test_env,
+                    test_env(),
                     agent.actor_critic,
                     config.collection.test,
                     burn_in_length=config.actor_critic.burn_in_length,

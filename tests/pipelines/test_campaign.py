@@ -69,3 +69,23 @@ def test_campaign_runs_every_step_and_writes_its_outputs(tmp_path: Path) -> None
     assert checkpoint["epoch"] == 2
     agent = Agent(config.with_num_actions(17))
     agent.load_state_dict(checkpoint["agent"])
+
+
+@pytest.mark.timeout(600)
+def test_campaign_starts_test_envs_only_when_it_evaluates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.campaign as campaign
+
+    made: list[int] = []
+    real_make_batch_env = campaign.make_batch_env
+
+    def counting_make_batch_env(spec, num_envs, seed, processes=1):  # type: ignore[no-untyped-def]
+        made.append(seed)
+        return real_make_batch_env(spec, num_envs, seed, processes=processes)
+
+    monkeypatch.setattr(campaign, "make_batch_env", counting_make_batch_env)
+    config = load_config(overrides=[*TINY, "common.epochs=1", "evaluation.should=false"])
+    reports = run_campaign(config, tmp_path)
+    assert [r.evaluation for r in reports] == [{}]
+    assert made == [config.common.seed]  # the train envs only
