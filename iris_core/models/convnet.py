@@ -22,7 +22,13 @@ from torch import Tensor, nn
 
 from iris_core.config import FrameCnnConfig
 from iris_core.models.recompute import with_recomputed_backward
-from iris_core.models.recomputed_conv import batch_chunks, concat_batch, conv_of, norm_act_conv
+from iris_core.models.recomputed_conv import (
+    batch_chunks,
+    concat_batch,
+    conv_of,
+    keeps_activations,
+    norm_act_conv,
+)
 
 
 class ResidualBlock(nn.Module):
@@ -84,7 +90,11 @@ class Upsample(nn.Module):
         if _reduced_precision(x):
             # The upsampled map is 4× larger than x: recomputed for the backward pass, not kept.
             return conv_of(_upsample, (), self.conv, x, growth=4)
-        if not torch.is_grad_enabled() or not (x.requires_grad or self.conv.weight.requires_grad):
+        if (
+            keeps_activations()
+            or not torch.is_grad_enabled()
+            or not (x.requires_grad or self.conv.weight.requires_grad)
+        ):
             return upsample_conv(x, self.conv)
         # Under autograd, batch chunks keep every temporary small (see ``batch_chunks``); each
         # chunk's convolution saves only its (padded) input. The summed kernels are made once.

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from iris_core.models.recomputed_conv import keeping_activations
+
 FrameFunction = Callable[[Tensor], Tensor]
 
 # Frames per chunk when a frame CNN runs over many frames (burn-in, target unrolls, gradient
@@ -64,7 +66,13 @@ class _RecomputedBackward(torch.autograd.Function):
         enabled, dtype = ctx.autocast
         grads = [torch.zeros_like(p) for p in params]
         size = ctx.frames_per_chunk
-        with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
+        # One chunk's activations are small: they are kept (``keeping_activations``) rather
+        # than recomputed once more inside this recomputation.
+        with (
+            torch.enable_grad(),
+            torch.autocast(x.device.type, dtype=dtype, enabled=enabled),
+            keeping_activations(),
+        ):
             for start in range(0, x.size(0), size):
                 chunk = slice(start, start + size)
                 out = ctx.fn(x[chunk])

@@ -16,7 +16,9 @@ GroupNorm kernels for channels-last bf16 maps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -28,13 +30,43 @@ from torch.autograd.function import once_differentiable
 Prepare = Callable[[Tensor], Tensor]
 
 
+_local = threading.local()
+
+
+@contextmanager
+def keeping_activations() -> Iterator[None]:
+    """Within it, :func:`conv_of` is plain autograd: it keeps ``prepare``'s output instead of
+    re-running ``prepare`` in the backward pass.
+
+    For a network that already runs on a small batch chunk, inside the backward pass of
+    ``recompute.with_recomputed_backward``: there the activations of one chunk cost little
+    memory, and re-running ``prepare`` (and cutting the chunk again) would be pure cost.
+    The values and gradients are the same either way.
+    """
+    previous = keeps_activations()
+    _local.keep = True
+    try:
+        yield
+    finally:
+        _local.keep = previous
+
+
+def keeps_activations() -> bool:
+    """Whether this thread is inside :func:`keeping_activations`."""
+    return bool(getattr(_local, "keep", False))
+
+
 def conv_of(
     prepare: Prepare, prepare_params: tuple[Tensor, ...], conv: nn.Conv2d, x: Tensor, growth: int = 1
 ) -> Tensor:
     """``conv(prepare(x))``; ``prepare_params`` are the parameters ``prepare`` reads, ``growth``
     how many times more elements ``prepare``'s output has than ``x``."""
     params = (*prepare_params, conv.weight, *(() if conv.bias is None else (conv.bias,)))
-    if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in params)):
+    if (
+        keeps_activations()
+        or not torch.is_grad_enabled()
+        or not (x.requires_grad or any(p.requires_grad for p in params))
+    ):
         out: Tensor = conv(prepare(x))
         return out
     # Chunks are sized by the largest map of one frame: the input, prepared or output map.

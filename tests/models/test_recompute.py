@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from iris_core.config import FrameCnnConfig
 from iris_core.models.convnet import FrameEncoder
 from iris_core.models.recompute import with_recomputed_backward
+from iris_core.models.recomputed_conv import keeps_activations
 
 
 def frame_net() -> tuple[nn.Module, nn.Module]:
@@ -51,3 +52,24 @@ def test_frozen_or_no_grad_returns_the_features_unchanged() -> None:
         assert with_recomputed_backward(lambda t: t, x, features, tuple(cnn.parameters()), 4) is features
     frozen = tuple(p.requires_grad_(False) for p in cnn.parameters())
     assert with_recomputed_backward(lambda t: t, x, features, frozen, 4) is features
+
+
+def test_the_recomputation_keeps_the_activations_of_its_chunks() -> None:
+    """The backward pass re-runs the network on small chunks with every activation kept (no
+    second recomputation inside the first); the forward pass is not affected."""
+    cnn, ln = frame_net()
+    params = (*cnn.parameters(), *ln.parameters())
+    x = torch.rand(5, 3, 16, 16)
+    modes: list[bool] = []
+
+    def fn(t: Tensor) -> Tensor:
+        modes.append(keeps_activations())
+        return embed(cnn, ln, t)
+
+    with torch.no_grad():
+        features = fn(x)
+    out = with_recomputed_backward(fn, x, features, params, 2)
+    assert modes == [False]
+    out.sum().backward()
+    assert modes == [False, True, True, True]  # chunks of 2, 2 and 1 frames
+    assert not keeps_activations()

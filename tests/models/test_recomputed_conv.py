@@ -63,6 +63,39 @@ def test_same_output_and_gradients_as_plain_autograd_in_fp32(kind: str, channels
         assert_same_math(a, e)
 
 
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_keeping_activations_is_plain_autograd_with_the_same_math(kind: str) -> None:
+    """Inside ``keeping_activations`` no convolution saves only its input (the graph holds
+    torch's own convolution nodes, no ``_ConvOfPrepared``) and nothing changes numerically."""
+    torch.manual_seed(0)
+    module: nn.Module = FrameEncoder(CONFIG, 5) if kind == "encoder" else FrameDecoder(CONFIG, 3)
+    x = torch.randn(3, 5, 16, 16) if kind == "encoder" else torch.randn(3, 6, 4, 4)
+    expected = output_and_grads(module, x, plain=True)
+    assert not recomputed_conv.keeps_activations()
+    with recomputed_conv.keeping_activations():
+        assert recomputed_conv.keeps_activations()
+        actual = output_and_grads(module, x, plain=False)
+        out = module(x.requires_grad_())
+    assert not recomputed_conv.keeps_activations()
+    for a, e in zip(actual, expected, strict=True):
+        assert_same_math(a, e)
+    names = graph_node_names(out)
+    assert "_ConvOfPreparedBackward" not in names and "ConvolutionBackward0" in names, names
+    assert "_ConvOfPreparedBackward" in graph_node_names(module(x))
+
+
+def graph_node_names(out: Tensor) -> set[str]:
+    names, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
 def test_batch_chunks_are_balanced_and_cover_the_batch() -> None:
     chunk = recomputed_conv.CHUNK_BYTES
     assert recomputed_conv.batch_chunks(5, chunk // 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
