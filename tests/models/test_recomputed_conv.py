@@ -133,18 +133,22 @@ def test_batch_chunks_change_no_number(kind: str, monkeypatch: pytest.MonkeyPatc
     assert_same_math(inference, expected[0])
 
 
+@pytest.mark.parametrize("size", [6, 33])  # forward through the contiguous layout, and not
+@pytest.mark.parametrize("num_groups", [4, 16])  # 4 channels per group, and 1
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_channels_last_group_norm_matches_a_float64_oracle(dtype: torch.dtype) -> None:
+def test_channels_last_group_norm_matches_a_float64_oracle(
+    dtype: torch.dtype, num_groups: int, size: int
+) -> None:
     torch.manual_seed(0)
-    x = (torch.randn(4, 16, 6, 6) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(4, 16, size, size) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
-    grad = torch.randn(4, 16, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(4, 16, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    out = recomputed_conv.group_norm(x, 4, weight, bias, 1e-5)
+    out = recomputed_conv.group_norm(x, num_groups, weight, bias, 1e-5)
     actual = [out, *torch.autograd.grad(out, (x, weight, bias), grad)]
     assert out.dtype == dtype and actual[1].is_contiguous(memory_format=torch.channels_last)
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
-    out64 = F.group_norm(x64, 4, w64, b64, 1e-5)
+    out64 = F.group_norm(x64, num_groups, w64, b64, 1e-5)
     expected = [out64, *torch.autograd.grad(out64, (x64, w64, b64), grad.double())]
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     for a, e in zip(actual, expected, strict=True):
@@ -166,3 +170,26 @@ def test_bf16_autocast_is_as_accurate_as_plain_autograd(kind: str) -> None:
     for a, p, e in zip(actual, plain, exact, strict=True):
         error, plain_error = ((t.float() - e).abs().max().item() for t in (a, p))
         assert error <= 2 * plain_error + 1e-3 * e.abs().max().item(), (error, plain_error)
+
+
+def test_group_norm_backward_gives_only_the_wanted_gradients_for_any_grad_layout() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(8), torch.randn(8)
+    _, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, 3, 8, 25, 2, 1e-5)
+    grad = torch.randn(3, 8, 5, 5)  # contiguous, unlike the map
+    expected = torch.ops.aten.native_group_norm_backward(
+        grad, x.contiguous(), mean, rstd, weight, 3, 8, 25, 2, [True, True, True]
+    )
+    backward = recomputed_conv.group_norm_backward_channels_last
+    full = backward(grad, x, mean, rstd, weight, 2, (True, True, True))
+    for a, e in zip(full, expected, strict=True):
+        assert a is not None
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert full[0] is not None and full[0].is_contiguous(memory_format=torch.channels_last)
+    only_x = backward(grad, x, mean, rstd, weight, 2, (True, False, False))
+    assert only_x[1] is None and only_x[2] is None
+    torch.testing.assert_close(only_x[0], expected[0], rtol=1e-5, atol=1e-5)
+    only_params = backward(grad, x, mean, rstd, weight, 2, (False, True, True))
+    assert only_params[0] is None
+    torch.testing.assert_close(only_params[1], expected[1], rtol=1e-5, atol=1e-5)
