@@ -11,7 +11,9 @@ its backward is called directly on the recomputed input.
 
 Forward and backward both run on batch chunks (:func:`batch_chunks`), so temporaries stay small
 enough to be recycled by the allocator, and :func:`group_norm` steers around torch's slow CPU
-GroupNorm kernels for channels-last bf16 maps.
+GroupNorm kernels for channels-last maps. Where a network already runs on a small chunk (the
+backward pass of ``recompute.with_recomputed_backward``), :func:`keeping_activations` turns the
+saving off.
 """
 
 from __future__ import annotations
