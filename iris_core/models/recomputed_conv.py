@@ -305,7 +305,8 @@ def group_norm_backward_channels_last(
     g, xs = rows(grad_out), rows(x)
     mean_g, rstd_g = (t.to(dtype).reshape(n, num_groups) for t in (mean, rstd))
     sum_g = g.sum(dim=1)  # (N, C)
-    sum_g_xhat = per_channel(rstd_g) * ((g * xs).sum(dim=1) - per_channel(mean_g) * sum_g)  # Σ g·x̂
+    rstd_c = per_channel(rstd_g)  # (N, C)
+    sum_g_xhat = rstd_c * ((g * xs).sum(dim=1) - per_channel(mean_g) * sum_g)  # Σ g·x̂
     grad_weight = sum_g_xhat.sum(dim=0).to(weight.dtype) if needs[1] else None
     grad_bias = sum_g.sum(dim=0).to(weight.dtype) if needs[2] else None
     if not needs[0]:
@@ -314,7 +315,7 @@ def group_norm_backward_channels_last(
     elements = hw * per_group
     sum_dxhat = (sum_g * weight_c).reshape(n, num_groups, per_group).sum(dim=-1)  # (N, G)
     sum_dxhat_xhat = (sum_g_xhat * weight_c).reshape(n, num_groups, per_group).sum(dim=-1)
-    coef_g = per_channel(rstd_g) * weight_c  # (N, C)
+    coef_g = rstd_c * weight_c  # (N, C)
     coef_x = -rstd_g * rstd_g * sum_dxhat_xhat / elements  # (N, G)
     const = -rstd_g * sum_dxhat / elements - coef_x * mean_g
     # Allocated as (N, H·W, C) rows, so that grad_x is channels-last whatever grad_out's layout.
