@@ -108,9 +108,6 @@ class FrameCnnConfig:
     down: tuple[int, ...] = (1, 0, 1, 1, 0)
     latent_dim: int | None = None
     norm_groups: int = 32  # GroupNorm(32) in every residual block
-    # Weights and activations in NHWC: the layout oneDNN's CPU convolutions use natively, so no
-    # reorder copies around each convolution (same values; faster fp32 inference, less memory).
-    channels_last: bool = True
 
     def __post_init__(self) -> None:
         _nested(self, "mult", tuple(self.mult))
@@ -540,16 +537,49 @@ class EvaluationConfig:
                 _require(value > 0, name, f"must be > 0, got {value}")
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class CommonConfig:
     epochs: int = 1000
     seed: int = 0
-    device: str = "auto"  # "auto": cuda when available, else cpu
+    device: str = "auto"  # "auto": cuda when available, else cpu; or "cpu", "cuda", "cuda:<index>"
     do_checkpoint: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "epochs")
         _non_negative(self, "seed")
+        kind, _, index = self.device.partition(":")
+        _require(
+            self.device == "auto"
+            or (kind in DEVICE_TYPES and (not index or (kind == "cuda" and index.isdigit()))),
+            "device",
+            f"must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime: how the agent runs on its device (never the maths; see iris_core.models.runtime)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Optimisations that change speed and memory, never the values computed (up to rounding).
+
+    Kept apart from the paper's hyperparameters. ``None`` (the default) takes the device's default
+    (``iris_core.models.runtime.resolve_runtime``): on CUDA TF32, fused Adam, channels-last; on CPU
+    channels-last with its accurate GroupNorm, the sub-pixel upsampling and activation
+    checkpointing of the CNNs.
+    """
+
+    channels_last: bool | None = None  # CNN weights and maps in NHWC
+    checkpoint_cnns: bool | None = None  # CNNs keep only their conv outputs, re-run GN/SiLU backward
+    cpu_kernels: bool | None = None  # CPU only: accurate channels-last GroupNorm, sub-pixel upsampling
+    compile: bool | None = None  # torch.compile each compute_loss; imagination with CUDA graphs on CUDA
+    tf32: bool | None = None  # CUDA: TF32 matmuls and convolutions, as the reference trains
+    fused_adam: bool | None = None  # CUDA: one fused kernel per optimizer step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,6 +650,7 @@ class IrisConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
         tok, wm, ac, tr = self.tokenizer, self.world_model, self.actor_critic, self.training

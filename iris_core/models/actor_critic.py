@@ -12,7 +12,7 @@ REINFORCE-with-baseline, entropy and value terms over the steps up to the first 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -24,7 +24,7 @@ from iris_core.data.structures import Batch
 from iris_core.models.cnn_lstm_actor_critic import ActorCriticOutput, CnnLstmActorCritic
 from iris_core.models.tokenizer import Tokenizer
 from iris_core.models.world_model import WorldModel
-from iris_core.rl.imagination import imagine
+from iris_core.rl.imagination import Imagination, imagine
 from iris_core.rl.returns import compute_lambda_returns, mask_after_first_done
 from iris_core.rl.twohot import bucket_expectation, symexp, symlog, two_hot
 
@@ -61,6 +61,8 @@ class ActorCritic(nn.Module):
         self.model = CnnLstmActorCritic(config, image_channels)
         self.target_model = copy.deepcopy(self.model)
         self.target_model.requires_grad_(False)
+        # The rollout function; the optimisation layer may replace it by a compiled one.
+        self.imagine: Callable[..., Imagination] = imagine
 
     # --- policy interface (environment collection and evaluation) ------------------------------
 
@@ -106,6 +108,10 @@ class ActorCritic(nn.Module):
         online = [*self.model.parameters(), *self.model.buffers()]
         torch._foreach_lerp_(target, online, 1.0 - self.config.target_tau)
 
+    def imagination_policy(self, frame: Tensor) -> Tensor:
+        """The online network acting in imagination: ``(B, C, H, W)`` → ``(B,)`` sampled actions."""
+        return sample_actions(self.model(frame).logits_act, self.config.temperature)
+
     def values_from_output(self, value_out: Tensor) -> Tensor:
         """Critic outputs ``(*, num_value_outputs)`` → values ``(*)``."""
         if self.config.two_hot_rets:
@@ -126,41 +132,36 @@ class ActorCritic(nn.Module):
         assert t == cfg.burn_in_length + 1, f"expected segments of {cfg.burn_in_length + 1} frames, got {t}"
         obs = batch.obs_float()
 
-        # Burn-in on the real frames, without gradients (spec §5 step 1).
+        # Burn-in on the real frames, without gradients (paper §2.3; both networks).
         self.reset(b)
         self.model.burn_in(obs[:, :-1])
         self.target_model.burn_in(obs[:, :-1])
         burnt_in_state = self.model.state
 
-        # Rollout: the online network's CNN features are computed for the backward pass (its
-        # full-resolution stem is re-run there, see ``encode_for_backprop``); it acts with its
-        # LSTM without autograd, and the differentiable pass below re-runs only the LSTM from
-        # the same state.
-        features: list[Tensor] = []
-
-        def policy(frame: Tensor) -> Tensor:
-            features.append(self.model.encode_for_backprop(frame))
-            with torch.no_grad():
-                logits_act = self.model.step(features[-1].detach()).logits_act
-            return sample_actions(logits_act, cfg.temperature)
-
+        # Rollout in the frozen world model: a pure no-grad pass (paper §2.3).
         with _eval_mode(tokenizer, world_model):
-            rollout = imagine(tokenizer, world_model, policy, obs, batch.act[:, :-1], cfg.imagination_horizon)
-        horizon = cfg.imagination_horizon
-        imagined_obs = rollout.obs.detach()
-        assert imagined_obs.shape == (b, horizon + 1, *obs.shape[2:]), tuple(imagined_obs.shape)
-        assert len(features) == horizon, f"the policy was called {len(features)} times, expected {horizon}"
+            rollout = self.imagine(
+                tokenizer,
+                world_model,
+                self.imagination_policy,
+                obs,
+                batch.act[:, :-1],
+                cfg.imagination_horizon,
+            )
+        h = cfg.imagination_horizon
+        assert rollout.obs.shape == (b, h + 1, *obs.shape[2:]), tuple(rollout.obs.shape)
 
-        # Differentiable online pass (BPTT over the H imagined steps).
+        # Policy and values with autograd: one batched pass over the H imagined frames from the
+        # burnt-in state (BPTT over the horizon). The frames carry no gradient, so this gives the
+        # values and gradients of a rollout recorded step by step.
         self.model.state = burnt_in_state
-        online = [self.model.step(x) for x in features]
-        logits_act = torch.stack([o.logits_act for o in online], dim=1)  # (B, H, A)
-        value_out = torch.stack([o.value_out for o in online], dim=1)  # (B, H, K)
+        online = self.model.unroll(rollout.obs[:, :-1])
+        logits_act, value_out = online.logits_act, online.value_out  # (B, H, A), (B, H, K)
 
-        # Targets from the target network: values of the H visited frames and the bootstrap
-        # value of the final frame (spec §5 step 3).
+        # λ-returns from the target network's values of the H visited frames and the bootstrap
+        # value of the final frame (paper §2.3, eq. for Λ_t).
         with torch.no_grad():
-            target_values = self.values_from_output(self.target_model.unroll(imagined_obs).value_out)
+            target_values = self.values_from_output(self.target_model.unroll(rollout.obs).value_out)
             values, bootstrap = target_values[:, :-1], target_values[:, -1]
             lambda_returns = compute_lambda_returns(
                 rollout.rew, rollout.end, values, bootstrap, cfg.gamma, cfg.lambda_
@@ -168,10 +169,11 @@ class ActorCritic(nn.Module):
             mask = mask_after_first_done(rollout.end)
         self.clear()
 
-        log_probs = F.log_softmax(logits_act, dim=-1)
+        # Policy (REINFORCE with the target value as baseline), entropy and value terms.
+        log_probs = F.log_softmax(logits_act.float(), dim=-1)
         log_prob_act = log_probs.gather(-1, rollout.act.unsqueeze(-1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-        # REINFORCE with the target value as baseline; no return or advantage normalisation.
+        # No return or advantage normalisation.
         loss_actions = _masked_mean(-log_prob_act * (lambda_returns - values), mask)
         policy_entropy = _masked_mean(entropy, mask)
         loss_entropy = -cfg.entropy_weight * policy_entropy

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from iris_core.config import ActorCriticConfig
 from iris_core.models.convnet import FrameEncoder
-from iris_core.models.recompute import FRAMES_PER_CHUNK
 
 LstmState = tuple[Tensor, Tensor]
 
@@ -29,12 +28,8 @@ class ActorCriticOutput:
 
 
 class CnnLstmActorCritic(nn.Module):
-    def __init__(
-        self, config: ActorCriticConfig, image_channels: int, frames_per_chunk: int = FRAMES_PER_CHUNK
-    ) -> None:
+    def __init__(self, config: ActorCriticConfig, image_channels: int) -> None:
         super().__init__()
-        assert frames_per_chunk > 0, f"frames_per_chunk must be > 0, got {frames_per_chunk}"
-        self.frames_per_chunk = frames_per_chunk
         assert config.num_actions is not None, "set num_actions (IrisConfig.with_num_actions) first"
         self.config = config
         self.frame_encoder = FrameEncoder(config.frame_encoder, in_channels=image_channels)
@@ -75,18 +70,21 @@ class CnnLstmActorCritic(nn.Module):
         features: Tensor = rearrange(self.frame_encoder(obs), "n c h w -> n (h w c)")
         return features
 
-    def encode_many(self, obs: Tensor) -> Tensor:
-        """:meth:`encode` of many frames, ``frames_per_chunk`` at a time (same result, less memory)."""
-        return torch.cat([self.encode(chunk) for chunk in _chunks(obs, self.frames_per_chunk)])
-
     def step(self, features: Tensor) -> ActorCriticOutput:
         """One LSTM step on ``(N, lstm_input_dim)`` features; updates the state, returns the heads."""
         hx, cx = self.state
         assert features.shape == (hx.size(0), self.config.lstm_input_dim), (
             f"expected ({hx.size(0)}, {self.config.lstm_input_dim}) features, got {tuple(features.shape)}"
         )
-        self.hx, self.cx = self.lstm(features, (hx, cx))
+        self.hx, self.cx = self._lstm(features, (hx, cx))
         return ActorCriticOutput(self.actor_linear(self.hx), self.critic_linear(self.hx))
+
+    def _lstm(self, features: Tensor, state: LstmState) -> LstmState:
+        # The recurrent state stays float32 under any autocast: rounding it to bf16 at every step
+        # would compound over the burn-in and the horizon.
+        with torch.autocast(features.device.type, enabled=False):
+            hx, cx = self.lstm(features.float(), state)
+        return hx, cx
 
     def step_rows(self, features: Tensor, rows: Tensor) -> ActorCriticOutput:
         """:meth:`step` for the streams ``rows`` only (``features`` holds theirs, in that order);
@@ -96,7 +94,7 @@ class CnnLstmActorCritic(nn.Module):
             tuple(features.shape),
             tuple(rows.shape),
         )
-        h, c = self.lstm(features, (hx[rows], cx[rows]))
+        h, c = self._lstm(features, (hx[rows], cx[rows]))
         self.hx, self.cx = hx.index_copy(0, rows, h), cx.index_copy(0, rows, c)
         return ActorCriticOutput(self.actor_linear(h), self.critic_linear(h))
 
@@ -107,7 +105,7 @@ class CnnLstmActorCritic(nn.Module):
     def unroll(self, obs: Tensor) -> ActorCriticOutput:
         """Consume ``(N, T, C, H, W)`` frames in order → heads ``(N, T, ·)``.
 
-        The CNN sees all N·T frames in chunks (it has no recurrence); only the LSTM is sequential.
+        The CNN sees all N·T frames in one batch (it has no recurrence); only the LSTM is sequential.
         """
         assert obs.ndim == 5, f"expected (N, T, C, H, W) frames, got {tuple(obs.shape)}"
         n, t = obs.shape[:2]
@@ -117,7 +115,7 @@ class CnnLstmActorCritic(nn.Module):
                 torch.zeros(n, 0, self.actor_linear.out_features, device=device),
                 torch.zeros(n, 0, self.critic_linear.out_features, device=device),
             )
-        features = self.encode_many(obs.flatten(0, 1)).view(n, t, -1)
+        features = self.encode(obs.flatten(0, 1)).view(n, t, -1)
         outputs = [self.step(x) for x in features.unbind(dim=1)]
         return ActorCriticOutput(
             torch.stack([o.logits_act for o in outputs], dim=1),
@@ -128,16 +126,3 @@ class CnnLstmActorCritic(nn.Module):
     def burn_in(self, obs: Tensor) -> None:
         """Advance the state over ``(N, T, C, H, W)`` real frames, without gradients (spec §5)."""
         self.unroll(obs)
-
-    def encode_for_backprop(self, obs: Tensor) -> Tensor:
-        """:meth:`encode` for a backward pass that keeps only the CNN's activations below full
-        resolution: the full-resolution stem is re-run in the backward pass, ``frames_per_chunk``
-        frames at a time (``FrameEncoder.forward_recomputing_stem``). Same values and gradients."""
-        assert obs.ndim == 4, f"expected (N, C, H, W) frames, got {tuple(obs.shape)}"
-        maps = self.frame_encoder.forward_recomputing_stem(obs, self.frames_per_chunk)
-        features: Tensor = rearrange(maps, "n c h w -> n (h w c)")
-        return features
-
-
-def _chunks(x: Tensor, size: int) -> list[Tensor]:
-    return [x[i : i + size] for i in range(0, x.size(0), size)]

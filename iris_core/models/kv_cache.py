@@ -1,8 +1,11 @@
 """Pre-allocated keys/values of every transformer layer for incremental decoding (spec §4, §10.10).
 
-Used for inference only (burn-in, imagination, play): each call of the transformer appends its
-new positions' keys and values and attends over everything cached so far. The number of cached
-positions, ``size``, is a Python int, so slicing never reads a value back from the device.
+Used for inference only (burn-in, imagination, play): each call of the transformer writes its new
+positions' keys and values, then attends over the whole buffer with the attention mask hiding the
+positions not written yet. Every call thus sees tensors of one static shape (what a compiled or
+CUDA-graphed rollout needs); the buffers start at zero so that hidden positions hold finite
+values. The number of cached positions, ``size``, is a Python int: no value is read back from the
+device.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         shape = (num_layers, batch_size, num_heads, max_tokens, head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_tokens = max_tokens
         self.size = 0  # positions cached (and committed by advance)
 
@@ -43,8 +46,9 @@ class KVCache:
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write ``(B, heads, n, head_dim)`` keys/values at positions ``size..size+n`` of ``layer``.
 
-        Returns the keys/values of positions ``0..size+n``. ``size`` itself moves only in
-        :meth:`advance`, once every layer has been written.
+        Returns the whole ``(B, heads, max_tokens, head_dim)`` buffers of ``layer``: the caller masks
+        the positions from ``size + n`` on. ``size`` itself moves only in :meth:`advance`, once
+        every layer has been written.
         """
         assert not torch.is_grad_enabled(), "the KV cache is for inference: run under torch.no_grad()"
         n = k.size(2)
@@ -56,7 +60,7 @@ class KVCache:
         self.keys[layer, :, :, self.size : end] = k
         self.values[layer, :, :, self.size : end] = v
         # Under autocast the new keys may be in a lower precision than the buffers.
-        return self.keys[layer, :, :, :end].to(k.dtype), self.values[layer, :, :, :end].to(v.dtype)
+        return self.keys[layer].to(k.dtype), self.values[layer].to(v.dtype)
 
     def advance(self, n: int) -> None:
         self.size += n

@@ -4,7 +4,7 @@ Learned absolute position embeddings over ``max_tokens`` = ``max_blocks × token
 each layer is ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``; a final LayerNorm. Attention is causal
 over tokens (the reference's unused ``block_causal`` variant lets a token also see its whole
 block). With a :class:`KVCache`, new positions continue from the cache size and attend to every
-cached position.
+cached position (over the cache's static shape, see ``kv_cache``).
 """
 
 from __future__ import annotations
@@ -52,15 +52,13 @@ class SelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         dropout_p = self.attn_pdrop if self.training else 0.0
-        # Rows of the mask for the new positions, columns for everything they can see. The two
-        # common causal cases skip the explicit mask so fused kernels can be used.
-        if self.causal and start == 0:
+        if kv_cache is None and self.causal:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif self.causal and n == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
+            # Rows of the mask for the new positions; with a cache, columns for the whole buffer,
+            # whose positions not written yet the causal mask hides.
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask[start : start + n, : start + n], dropout_p=dropout_p
+                q, k, v, attn_mask=mask[start : start + n, : k.size(2)], dropout_p=dropout_p
             )
         out: Tensor = self.resid_drop(self.proj(rearrange(y, "b h n d -> b n (h d)")))
         return out

@@ -22,7 +22,6 @@ from iris_core.data.structures import Batch
 from iris_core.models.convnet import FrameEncoder
 from iris_core.models.initialization import init_weights
 from iris_core.models.kv_cache import KVCache
-from iris_core.models.recompute import FRAMES_PER_CHUNK, with_recomputed_backward
 from iris_core.models.tokenizer import Tokenizer
 from iris_core.models.transformer import Transformer
 from iris_core.rl.twohot import symlog, two_hot
@@ -113,14 +112,7 @@ class WorldModel(nn.Module):
 
         # The last frame has no next frame: dummy Δ-tokens 0, whose predictions are dropped.
         inputs = torch.cat((latent_tokens, latent_tokens.new_zeros(b, 1, k)), dim=1)
-        # I-tokens: computed without autograd (in chunks), re-run chunk by chunk in the backward
-        # pass, so the CNN's activations for all B·T frames never need to be alive together.
-        frame_obs = obs.flatten(0, 1)
-        with torch.no_grad():
-            frames = self.embed_frames(frame_obs)
-        params = (*self.frame_cnn.parameters(), *self.frame_ln.parameters())
-        frames = with_recomputed_backward(self.embed_frames, frame_obs, frames, params, FRAMES_PER_CHUNK)
-        frames = frames.reshape(b, t, -1)
+        frames = self.embed_frames(obs.flatten(0, 1)).reshape(b, t, -1)  # I-tokens (B, T, E)
         outputs = self(self.embed_blocks(frames, batch.act, inputs)).reshape(
             b, t, k + 2, -1
         )  # (B, T, K+2, E)

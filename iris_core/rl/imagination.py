@@ -11,8 +11,10 @@ position gives the reward, the end and Δ1; K−1 single-token calls give Δ2..�
 and fed with the next step's I-token and action, since its own output has no use. The next frame
 is decoded from (current frame, action, Δ-tokens), clamped and quantised like a stored frame.
 
-The world model and the tokenizer run without gradients; the policy is called outside
-``no_grad`` so that it may keep its own graph (the actor-critic back-propagates through time).
+The whole rollout runs without autograd and reads nothing back from the device: a pure function
+of its inputs and the random stream, which compiles to one graph (the horizon is unrolled, the KV
+cache has static shapes). A learner that back-propagates through the policy re-runs it over the
+imagined frames afterwards (``ActorCritic.compute_loss``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def sample_categorical(logits: Tensor) -> Tensor:
     return (logits.float() - noise).argmax(dim=-1)
 
 
+@torch.no_grad()
 def imagine(
     tokenizer: Tokenizer,
     world_model: WorldModel,
@@ -58,7 +61,7 @@ def imagine(
 
     ``obs`` ``(B, T, C, H, W)`` float in [0, 1], ``act`` ``(B, T−1)`` the burn-in actions.
     ``policy`` maps the current frame ``(B, C, H, W)`` to sampled actions ``(B,)``; it is called
-    once per step, in order, first on the last real frame.
+    once per step, in order, first on the last real frame, without autograd.
     """
     b, t = obs.shape[:2]
     assert obs.ndim == 5 and act.shape == (b, t - 1) and act.dtype == torch.long, (
@@ -75,9 +78,8 @@ def imagine(
     support = world_model.config.reward_support
     num_latent_tokens = world_model.num_latent_tokens
 
-    with torch.no_grad():
-        kv_cache = world_model.new_kv_cache(b)
-        world_model.burn_in(obs, act, tokenizer.burn_in(obs, act), kv_cache)
+    kv_cache = world_model.new_kv_cache(b)
+    world_model.burn_in(obs, act, tokenizer.burn_in(obs, act), kv_cache)
 
     frame = obs[:, -1]
     frames, actions, rewards, ends = [frame], [], [], []
@@ -85,29 +87,26 @@ def imagine(
     for step in range(horizon):
         action = policy(frame)
         assert action.shape == (b,) and action.dtype == torch.long, (tuple(action.shape), action.dtype)
-        with torch.no_grad():
-            inputs = torch.cat([*pending, world_model.act_emb(action)[:, None]], dim=1)
-            out = world_model(inputs, kv_cache)[:, -1]  # action position
-            logits_rewards = world_model.head_rewards(out)
-            if two_hot_rews:
-                reward = symexp(bucket_expectation(logits_rewards.float(), support).float())
-            else:
-                reward = (sample_categorical(logits_rewards) - 1).float()  # sign classes −1, 0, 1
-            end = sample_categorical(world_model.head_ends(out))
+        inputs = torch.cat([*pending, world_model.act_emb(action)[:, None]], dim=1)
+        out = world_model(inputs, kv_cache)[:, -1]  # action position
+        logits_rewards = world_model.head_rewards(out)
+        if two_hot_rews:
+            reward = symexp(bucket_expectation(logits_rewards.float(), support).float())
+        else:
+            reward = (sample_categorical(logits_rewards) - 1).float()  # sign classes −1, 0, 1
+        end = sample_categorical(world_model.head_ends(out))
 
-            latent_tokens = [sample_categorical(world_model.head_latents(out))]
-            for _ in range(num_latent_tokens - 1):
-                out = world_model(world_model.latents_emb(latent_tokens[-1])[:, None], kv_cache)[:, -1]
-                latent_tokens.append(sample_categorical(world_model.head_latents(out)))
+        latent_tokens = [sample_categorical(world_model.head_latents(out))]
+        for _ in range(num_latent_tokens - 1):
+            out = world_model(world_model.latents_emb(latent_tokens[-1])[:, None], kv_cache)[:, -1]
+            latent_tokens.append(sample_categorical(world_model.head_latents(out)))
 
-            frame = tokenizer.decode_tokens(
-                frame, action, torch.stack(latent_tokens, dim=1), should_clamp=True
-            )
-            if step < horizon - 1:  # the last frame's I-token would never be fed
-                pending = [
-                    world_model.latents_emb(latent_tokens[-1])[:, None],
-                    world_model.embed_frames(frame)[:, None],
-                ]
+        frame = tokenizer.decode_tokens(frame, action, torch.stack(latent_tokens, dim=1), should_clamp=True)
+        if step < horizon - 1:  # the last frame's I-token would never be fed
+            pending = [
+                world_model.latents_emb(latent_tokens[-1])[:, None],
+                world_model.embed_frames(frame)[:, None],
+            ]
 
         frames.append(frame)
         actions.append(action)

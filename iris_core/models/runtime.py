@@ -1,0 +1,269 @@
+"""The optimisation layer: how a built agent runs on its device, applied from outside the models.
+
+The paper modules (``convnet``, ``tokenizer``, ``world_model``, ``actor_critic``) are plain torch.
+:func:`apply_runtime` takes a built :class:`Agent` and makes it fast on its device without changing
+what it computes (up to floating-point rounding); :func:`optimizer_options` gives the matching
+optimizer flags. What it does is chosen by ``RuntimeConfig`` (``None`` = the device default):
+
+- ``channels_last``: CNN weights in NHWC, the layout cuDNN's and oneDNN's convolutions run natively.
+- ``cpu_kernels`` (CPU only): torch's channels-last CPU GroupNorm computes the variance as
+  E[x²] − E[x]² in the map's dtype, which loses precision when a group's mean is large against
+  its spread (zero padding frames, flat backgrounds); :class:`ContiguousGroupNorm` computes it in
+  the contiguous layout, whose kernel is accurate. :class:`SubPixelUpsample` computes
+  nearest ×2 upsampling then a 3×3 convolution in fp32 as one 2×2 convolution of the small map
+  (16 instead of 36 multiply-adds per input pixel).
+- ``checkpoint_cnns``: every residual block and upsample keeps only its convolution outputs for
+  the backward pass, which re-runs the cheap GroupNorm, SiLU and interpolation instead
+  (``torch.utils.checkpoint`` with a selective policy): most of the activation memory for a
+  few element-wise passes.
+- ``compile``: ``torch.compile`` of each component's ``compute_loss``; on CUDA the imagination
+  rollout is compiled with ``mode="reduce-overhead"`` (CUDA graphs).
+- ``tf32``, ``fused_adam`` (CUDA): TF32 matmuls/convolutions as the reference code trains, and
+  Adam's update as one fused kernel.
+
+Module swaps change a module's class to a subclass with the same parameters and buffers, so
+state dicts, optimizers and checkpoints see the same agent.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from iris_core.config import RuntimeConfig
+from iris_core.models.agent import Agent
+from iris_core.models.convnet import FrameDecoder, FrameEncoder, ResidualBlock, Upsample
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """``RuntimeConfig`` with every default resolved for one device."""
+
+    device: torch.device
+    channels_last: bool
+    checkpoint_cnns: bool
+    cpu_kernels: bool
+    compile: bool
+    tf32: bool
+    fused_adam: bool
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → cuda when available, else cpu; anything else as torch reads it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_runtime(config: RuntimeConfig, device: str | torch.device) -> RuntimeSettings:
+    """The settings ``config`` asks for on ``device``, its ``None`` fields set to the device's defaults."""
+    device = resolve_device(device)
+    cuda, cpu = device.type == "cuda", device.type == "cpu"
+    if config.cpu_kernels and not cpu:
+        raise ValueError(f"runtime.cpu_kernels is for the CPU, the device is {device}")
+
+    def pick(value: bool | None, default: bool) -> bool:
+        return default if value is None else value
+
+    return RuntimeSettings(
+        device=device,
+        channels_last=pick(config.channels_last, cuda or cpu),
+        checkpoint_cnns=pick(config.checkpoint_cnns, cpu),
+        cpu_kernels=pick(config.cpu_kernels, cpu),
+        compile=pick(config.compile, False),
+        tf32=pick(config.tf32, cuda),
+        fused_adam=pick(config.fused_adam, cuda),
+    )
+
+
+def apply_runtime(agent: Agent, config: RuntimeConfig, device: str | torch.device) -> Agent:
+    """Move ``agent`` to ``device`` and apply the optimisations of ``config`` there; returns it.
+
+    Call once, after building the agent and before creating its optimizers. Values and
+    gradients stay those of the plain modules up to rounding; parameter names and objects are
+    unchanged. TF32 is a process-wide switch.
+    """
+    settings = resolve_runtime(config, device)
+    agent.to(settings.device)
+    if settings.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if settings.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the shapes of a run are fixed: pick the fastest kernels
+    cnns = [m for m in agent.modules() if isinstance(m, FrameEncoder | FrameDecoder)]
+    for cnn in cnns:
+        if settings.cpu_kernels:
+            swap_cpu_kernels(cnn)
+        if settings.checkpoint_cnns:
+            checkpoint_cnn(cnn)
+        if settings.channels_last:
+            cnn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if settings.compile:
+        compile_agent(agent, settings.device)
+    return agent
+
+
+def optimizer_options(config: RuntimeConfig, device: str | torch.device) -> dict[str, Any]:
+    """Keyword arguments for ``torch.optim.Adam``/``AdamW`` on ``device``: ``{"fused": True}`` with
+    fused Adam (CUDA), else ``{}`` (torch's default multi-tensor update)."""
+    return {"fused": True} if resolve_runtime(config, device).fused_adam else {}
+
+
+# --- CPU kernels ------------------------------------------------------------------------------
+
+
+class ContiguousGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` computed in the contiguous layout whatever the input's layout.
+
+    torch's CPU kernel for channels-last maps computes each group's variance as E[x²] − E[x]² in
+    the map's dtype: when the mean is large against the spread (a flat background, a zero
+    padding frame after a bias) most significant digits cancel. The contiguous kernel keeps the
+    precision; the output returns to the input's layout. Same values as on a contiguous map.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.is_contiguous():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+        return out.contiguous(memory_format=torch.channels_last)
+
+
+# Sub-pixel form of a 3×3 convolution after nearest ×2 upsampling. Output pixel (2i + a, 2j + b)
+# reads upsampled rows 2i + a − 1 .. 2i + a + 1, i.e. input rows (i − 1, i) when a = 0 and (i, i + 1)
+# when a = 1; kernel rows landing on the same input row are summed. _PHASE_TAPS[a][r][k] is 1 when
+# kernel row k lands on input row r of phase a (columns alike). Zero padding of the upsampled map
+# is zero padding of the input, so borders are exact too.
+_PHASE_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+
+
+class SubPixelUpsample(Upsample):
+    """:class:`Upsample` as four 2×2 convolutions of the small map, one per output phase (fp32).
+
+    The four phases run as one 2×2 convolution with 4× the output channels over the 1-padded
+    input; then they are interleaved into the ×2 map. Same function, 16 instead of 36
+    multiply-adds per input pixel. Under bf16/fp16 the summed kernels would be rounded once more,
+    so there the plain path runs.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        device_type = x.device.type
+        reduced = x.dtype in (torch.bfloat16, torch.float16) or (
+            torch.is_autocast_enabled(device_type)
+            and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
+        )
+        if reduced:
+            return super().forward(x)
+        conv = self.conv
+        taps = torch.tensor(_PHASE_TAPS, dtype=conv.weight.dtype, device=conv.weight.device)
+        # (a, b, out, in, 2, 2): kernel of phase (a, b), then phases stacked as output channels.
+        weight = torch.einsum("apk,bql,oikl->aboipq", taps, taps, conv.weight).flatten(0, 2)
+        bias = None if conv.bias is None else conv.bias.repeat(4)
+        n, _, h, w = x.shape
+        phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), weight, bias)  # (N, 4·out, H + 1, W + 1)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # Interleave in NHWC order, so that the output stays channels-last.
+            # (N, H + 1, W + 1, a, b, out)
+            nhwc = phases.permute(0, 2, 3, 1).reshape(n, h + 1, w + 1, 2, 2, conv.out_channels)
+            rows = [torch.stack([nhwc[:, a : a + h, b : b + w, a, b] for b in (0, 1)], dim=3) for a in (0, 1)]
+            out = torch.stack(rows, dim=2)  # (N, H, a, W, b, out)
+            return out.reshape(n, 2 * h, 2 * w, conv.out_channels).permute(0, 3, 1, 2)
+        nchw = phases.reshape(n, 2, 2, conv.out_channels, h + 1, w + 1)  # (N, a, b, out, H + 1, W + 1)
+        rows = [torch.stack([nchw[:, a, b, :, a : a + h, b : b + w] for b in (0, 1)], dim=-1) for a in (0, 1)]
+        out = torch.stack(rows, dim=-3)  # (N, out, H, a, W, b)
+        return out.reshape(n, conv.out_channels, 2 * h, 2 * w)
+
+
+def swap_cpu_kernels(cnn: nn.Module) -> None:
+    """Use :class:`ContiguousGroupNorm` and :class:`SubPixelUpsample` inside ``cnn`` (CPU)."""
+    for module in cnn.modules():
+        swapped = _CPU_KERNELS.get(type(module))
+        if swapped is not None:
+            module.__class__ = swapped
+
+
+# --- activation checkpointing -------------------------------------------------------------------
+
+# Inside a checkpointed block the backward pass keeps the convolutions' outputs and re-runs the
+# rest (GroupNorm, SiLU, interpolation, layout copies): memory-bound passes, a fraction of the
+# convolutions' cost.
+_SAVED_OPS = {torch.ops.aten.convolution.default}
+
+
+def _save_convolutions(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+class _Checkpointed(nn.Module):
+    """Mixin: the block's forward under selective activation checkpointing when autograd records."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        plain = super().forward
+        if not torch.is_grad_enabled():
+            out: Tensor = plain(x)
+            return out
+        result = checkpoint(
+            plain,
+            x,
+            use_reentrant=False,
+            preserve_rng_state=False,  # nothing random in a CNN block
+            context_fn=functools.partial(create_selective_checkpoint_contexts, _save_convolutions),
+        )
+        assert isinstance(result, Tensor)
+        return result
+
+
+class CheckpointedResidualBlock(_Checkpointed, ResidualBlock):
+    pass
+
+
+class CheckpointedUpsample(_Checkpointed, Upsample):
+    pass
+
+
+class CheckpointedSubPixelUpsample(_Checkpointed, SubPixelUpsample):
+    pass
+
+
+_CHECKPOINTED: dict[type[nn.Module], type[nn.Module]] = {
+    ResidualBlock: CheckpointedResidualBlock,
+    Upsample: CheckpointedUpsample,
+    SubPixelUpsample: CheckpointedSubPixelUpsample,
+}
+
+
+_CPU_KERNELS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.GroupNorm: ContiguousGroupNorm,
+    Upsample: SubPixelUpsample,
+    CheckpointedUpsample: CheckpointedSubPixelUpsample,
+}
+
+
+def checkpoint_cnn(cnn: nn.Module) -> None:
+    """Selective activation checkpointing of every residual block and upsample inside ``cnn``."""
+    for module in cnn.modules():
+        swapped = _CHECKPOINTED.get(type(module))
+        if swapped is not None:
+            module.__class__ = swapped
+
+
+# --- compilation --------------------------------------------------------------------------------
+
+
+def compile_agent(agent: Agent, device: torch.device, backend: str = "inductor") -> None:
+    """``torch.compile`` of the tokenizer's and world model's ``compute_loss`` and of imagination
+    (with CUDA graphs on CUDA: ``mode="reduce-overhead"``).
+
+    The actor-critic's own ``compute_loss`` stays eager around its compiled rollout (a compiled
+    caller would inline the rollout and lose its CUDA graphs). The compiled functions replace
+    attributes of the instances; parameters are untouched.
+    """
+    for component in (agent.tokenizer, agent.world_model):
+        component.compute_loss = torch.compile(component.compute_loss, backend=backend)  # type: ignore[method-assign]
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    agent.actor_critic.imagine = torch.compile(agent.actor_critic.imagine, backend=backend, mode=mode)
