@@ -83,6 +83,17 @@ def train(
     typer.echo(f"done: metrics in {folder / 'metrics.jsonl'}, agent in {folder / 'agent.pt'}")
 
 
+@app.command("stage")
+def stage(
+    name: Annotated[str, typer.Argument(help="init, or <kind>@<iteration> (tokenizer@3), as in dvc.yaml.")],
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Workspace folder.")] = Path("."),
+) -> None:
+    """Run one pipeline stage (what `dvc repro` runs; see dvc.yaml)."""
+    from pipelines.stages.cli import main as run_one
+
+    raise typer.Exit(run_one(name, workspace))
+
+
 @config_app.command("show")
 def config_show(overrides: Overrides = None, params_file: ParamsFile = None) -> None:
     """Print the resolved configuration (derived sizes filled in) as YAML."""

@@ -17,6 +17,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from iris_core.config import ConfigError, IrisConfig, config_to_dict, prefix_config_error
+from pipelines.atomic import atomic_write_text
 
 DEFAULT_ENV = "crafter"
 DEFAULT_PARAMS = "crafter"
@@ -256,6 +258,119 @@ def merged_config(
     return {str(k): v for k, v in container.items()}
 
 
+# ---------------------------------------------------------------------------------------------
+# The ``loop`` section: how the paper's epochs are unrolled into pipeline iterations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Pipeline settings, not paper hyperparameters (docs/pipeline.md).
+
+    ``iterations`` / ``evaluations`` map each iteration (``'1'``, ``'2'``, ...) to its predecessor
+    (``{'prev': '0'}``); ``dvc.yaml`` generates the stages from them. They follow from
+    ``common.epochs``, ``epochs_per_iteration`` and the evaluation cadence: ``params.yaml`` stores
+    them because DVC reads them, and a stale copy is an error naming the fix.
+    """
+
+    epochs_per_iteration: int = 1
+    checkpoint_every_seconds: float = 300.0  # mid-stage checkpoints of training stages
+    log_every_steps: int = 10  # training metrics: logged (and checked for NaN) every this many steps
+    # Promotion gate: the challenger replaces the champion when the bootstrap confidence interval
+    # (at this level) of their mean paired return difference lies above zero.
+    promotion_confidence: float = 0.95
+    iterations: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    evaluations: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def schedule_keys(self) -> list[int]:
+        return [int(k) for k in self.iterations]
+
+
+LOOP_SETTINGS = (
+    "epochs_per_iteration",
+    "checkpoint_every_seconds",
+    "log_every_steps",
+    "promotion_confidence",
+)
+
+
+def _chain(iterations: Sequence[int]) -> dict[str, dict[str, str]]:
+    return {str(i): {"prev": str(i - 1)} for i in iterations}
+
+
+def derive_loop(config: IrisConfig, loop: Mapping[str, Any] | None) -> LoopConfig:
+    """Check the ``loop`` section of a merged tree and fill in its iterations and evaluations."""
+    from iris_core.training.schedule import Schedule
+
+    data = dict(loop or {})
+    for key in data:
+        if key not in (*LOOP_SETTINGS, "iterations", "evaluations"):
+            raise _unknown_key_error(LoopConfig, str(key), "loop")
+    settings: dict[str, Any] = {}
+    hints = typing.get_type_hints(LoopConfig)
+    for key in LOOP_SETTINGS:
+        if key in data and data[key] is not None:
+            settings[key] = _convert(data[key], hints[key], f"loop.{key}")
+    settings.setdefault("epochs_per_iteration", 1)
+    if settings["epochs_per_iteration"] < 1:
+        raise ConfigError("loop.epochs_per_iteration", "must be >= 1")
+    if settings.get("checkpoint_every_seconds", 0.0) < 0:
+        raise ConfigError("loop.checkpoint_every_seconds", "must be >= 0")
+    if settings.get("log_every_steps", 1) < 1:
+        raise ConfigError("loop.log_every_steps", "must be >= 1")
+    if not 0.0 < settings.get("promotion_confidence", 0.95) < 1.0:
+        raise ConfigError("loop.promotion_confidence", "must be in (0, 1)")
+    schedule = Schedule(config, settings["epochs_per_iteration"])
+    expected = {
+        "iterations": _chain(range(1, schedule.num_iterations + 1)),
+        "evaluations": _chain(schedule.evaluated_iterations()),
+    }
+    for key, value in expected.items():
+        given = data.get(key)
+        if given is None:
+            continue
+        normalised = (
+            {str(k): {str(a): str(b) for a, b in dict(v or {}).items()} for k, v in dict(given).items()}
+            if isinstance(given, Mapping)
+            else given
+        )
+        if normalised != value:
+            raise ConfigError(
+                f"loop.{key}",
+                f"does not match common.epochs={config.common.epochs}, "
+                f"loop.epochs_per_iteration={settings['epochs_per_iteration']} and "
+                f"evaluation.every={config.evaluation.every} (expected {len(value)} entries "
+                f"{list(value)[:3]}...); regenerate it with `iris config write -f params.yaml`",
+            )
+    return LoopConfig(**settings, iterations=expected["iterations"], evaluations=expected["evaluations"])
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A workspace's experiment: the paper's config and the pipeline's loop settings."""
+
+    config: IrisConfig
+    loop: LoopConfig
+
+
+def load_experiment(
+    env: str | None = None,
+    params: str | None = None,
+    overrides: Sequence[str] = (),
+    params_file: str | Path | None = None,
+    root: Path | None = None,
+) -> Experiment:
+    """Like :func:`load_config`, with the ``loop`` section checked and completed."""
+    tree = merged_config(env=env, params=params, overrides=overrides, params_file=params_file, root=root)
+    loop = tree.pop("loop", None)
+    if loop is not None and not isinstance(loop, Mapping):
+        raise ConfigError("loop", f"expected a mapping of keys, got {_describe(loop)}")
+    config = build_dataclass(IrisConfig, tree)
+    assert isinstance(config, IrisConfig)
+    return Experiment(config, derive_loop(config, loop))
+
+
 def load_config(
     env: str | None = None,
     params: str | None = None,
@@ -264,10 +379,7 @@ def load_config(
     root: Path | None = None,
 ) -> IrisConfig:
     """Merge presets (or a ``params.yaml``) with overrides and return the frozen, checked config."""
-    tree = merged_config(env=env, params=params, overrides=overrides, params_file=params_file, root=root)
-    config = build_dataclass(IrisConfig, tree)
-    assert isinstance(config, IrisConfig)
-    return config
+    return load_experiment(env, params, overrides, params_file, root).config
 
 
 def to_yaml(tree: Mapping[str, Any] | IrisConfig) -> str:
@@ -281,21 +393,29 @@ def write_params(
     env: str | None = None,
     params: str | None = None,
     overrides: Sequence[str] = (),
+    params_file: str | Path | None = None,
 ) -> IrisConfig:
     """Write the merged config to ``path`` as plain values, after checking that it is valid.
 
     Derived sizes are written as ``null`` (they follow their sources); ``load_config(params_file=path)``
     gives back the same config.
     """
-    tree = merged_config(env=env, params=params, overrides=overrides)
+    tree = merged_config(env=env, params=params, overrides=overrides, params_file=params_file)
+    loop_tree = tree.pop("loop", None)
     config = build_dataclass(IrisConfig, tree)  # validate before touching the file
+    assert isinstance(config, IrisConfig)
+    # The iterations follow common.epochs: regenerated here, so a changed epoch count adds stages.
+    if isinstance(loop_tree, Mapping):
+        loop_tree = {k: v for k, v in loop_tree.items() if k not in ("iterations", "evaluations")}
+    loop = derive_loop(config, loop_tree)
+    tree["loop"] = {
+        **{key: getattr(loop, key) for key in LOOP_SETTINGS},
+        "iterations": dict(loop.iterations),
+        "evaluations": dict(loop.evaluations),
+    }
     header = (
         "# The experiment of this workspace: plain values, read by every DVC stage.\n"
         "# null = derived from other values (see iris_core/config.py). Regenerate with `iris config write`.\n"
     )
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(header + to_yaml(tree))
-    os.replace(tmp, target)
-    assert isinstance(config, IrisConfig)
+    atomic_write_text(Path(path), header + to_yaml(tree))
     return config

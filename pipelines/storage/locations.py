@@ -6,14 +6,14 @@ is where stray ``*.partial`` files come from after a kill); any other URL goes t
 
 from __future__ import annotations
 
-import os
 import posixpath
-import uuid
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
+
+from pipelines import atomic
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -54,17 +54,6 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
     """
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic.atomic_write_bytes(path, data)
     else:
         fs.pipe_file(path, data)

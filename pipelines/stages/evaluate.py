@@ -1,0 +1,64 @@
+"""The ``evaluate@i`` stage: test episodes with the iteration's agent, the Crafter score, held-out
+losses, reconstructions and a test-episode video (paper §2.3)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from iris_core.training.evaluate import (
+    MemorySink,
+    held_out_losses,
+    play_test_episodes,
+    reconstructions,
+    summarise_test_episodes,
+)
+from pipelines.stages.common import StageContext, write_json
+from pipelines.stages.media import write_reconstruction_grid, write_video
+from pipelines.stages.result import StageResult
+
+NUM_RECONSTRUCTIONS = 16
+
+
+def evaluation_env_seed(seed: int, iteration: int) -> int:
+    """Test worlds of one evaluation: distinct from the training envs' seeds and per iteration."""
+    return 1_000_000 + 10_000 * seed + 100 * iteration
+
+
+def run_evaluate(ctx: StageContext, iteration: int) -> StageResult:
+    ws, config = ctx.workspace, ctx.config
+    started = time.perf_counter()
+    agent = ctx.load_agent(iteration)
+    ctx.seed("evaluate", iteration)
+    env_seed = evaluation_env_seed(config.common.seed, iteration)
+    sink = MemorySink()
+    episodes = play_test_episodes(agent, config, env_seed, sink)
+    metrics = summarise_test_episodes(episodes)
+    test_set = sink.episodes()
+    metrics.update(held_out_losses(agent, test_set, config))
+
+    media = ws.media(iteration)
+    if media.exists():
+        shutil.rmtree(media)
+    media.mkdir(parents=True)
+    artifacts = []
+    if config.evaluation.save_reconstructions:
+        grid = reconstructions(agent, test_set, NUM_RECONSTRUCTIONS)
+        write_reconstruction_grid(grid, media / "reconstructions.png")
+        artifacts.append((media / "reconstructions.png", "media"))
+    if test_set.num_episodes > 0:
+        write_video(test_set.episodes[0].obs, media / "test_episode.mp4")
+        artifacts.append((media / "test_episode.mp4", "media"))
+    metrics["evaluate/seconds"] = time.perf_counter() - started
+
+    evidence = {
+        "iteration": iteration,
+        "env_seed": env_seed,
+        "torch_seed_stage": "evaluate",
+        "returns": [m.episode_return for m in episodes],
+        "lengths": [m.length for m in episodes],
+        "achievements": [m.achievements for m in episodes],
+    }
+    write_json(ws.evaluation(iteration), evidence)
+    write_json(ws.metrics("evaluate", iteration), metrics)
+    return StageResult(metrics=metrics, artifacts=artifacts, details={"returns": evidence["returns"]})
