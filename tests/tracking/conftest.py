@@ -1,0 +1,34 @@
+"""A real MLflow tracking store (SQLite in a temporary workspace), one per test module.
+
+Creating a database runs MLflow's migrations (seconds), so a module shares its workspace; tests
+isolate themselves with their own campaign ids and model names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipelines.tracking import configure
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    previous_uri = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        path = tmp_path_factory.mktemp("workspace")
+        configure(path)
+        yield path
+    mlflow.set_tracking_uri(previous_uri)
+
+
+@pytest.fixture(autouse=True)
+def _tracking_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test that uses a workspace talks to that workspace's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if "workspace" in request.fixturenames:
+        configure(request.getfixturevalue("workspace"))
