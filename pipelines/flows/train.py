@@ -1,0 +1,164 @@
+"""The `train` flow: the DVC pipeline of one workspace, walked stage by stage.
+
+Each stage is one task running `dvc repro --single-item <stage>`, so DVC alone decides what is up to
+date: re-running the flow on a workspace resumes it (finished stages are fast no-ops). The flow holds
+the workspace's campaign lock for its whole run, retries transient stage failures only, publishes a
+markdown summary as each iteration completes and keeps a progress artifact for the campaign. Tasks
+hand on identifiers (paths, stage names, metric dicts), never tensors.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from pipelines.flows.dag import read_plan
+from pipelines.flows.lock import CampaignLock
+from pipelines.flows.prepare import is_workspace, prepare_workspace
+from pipelines.flows.reports import (
+    artifact_key,
+    iteration_markdown,
+    promotion_summary,
+    read_iteration,
+)
+from pipelines.flows.settings import embedded_settings
+from pipelines.flows.stages import dvc, repro_stage, tool_environment
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@task(name="prepare-workspace", cache_policy=NO_CACHE, persist_result=False)
+def prepare(workspace: str, params_yaml: str, dvc_yaml: str) -> dict[str, Any]:
+    prepared = prepare_workspace(Path(workspace), params_yaml_text=params_yaml, dvc_yaml=Path(dvc_yaml))
+    return {
+        "created": prepared.created,
+        "changed": prepared.changed,
+        "saved_experiment": prepared.saved_experiment,
+    }
+
+
+@task(name="check-stages", cache_policy=NO_CACHE, persist_result=False)
+def check_stages(workspace: str, stages: list[str]) -> None:
+    """Fail before running anything if `dvc.yaml` lacks a stage that `params.yaml` implies."""
+    listed = subprocess.run(
+        dvc("stage", "list", "--name-only"),
+        cwd=workspace,
+        env=tool_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        raise RuntimeError(f"`dvc stage list` failed in {workspace}: {listed.stderr.strip()}")
+    missing = sorted(set(stages) - set(listed.stdout.split()))
+    if missing:
+        raise ValueError(f"dvc.yaml in {workspace} has no stages {missing} that params.yaml implies")
+
+
+@task(name="publish-iteration", cache_policy=NO_CACHE, persist_result=False)
+def publish_iteration(workspace: str, iteration: str, campaign: str) -> dict[str, Any]:
+    """The iteration's markdown artifact; returns its key and the promotion decision, if any."""
+    record = read_iteration(Path(workspace), iteration)
+    key = artifact_key(campaign, "iteration", iteration)
+    create_markdown_artifact(
+        markdown=iteration_markdown(record, campaign),
+        key=key,
+        description=f"Iteration {iteration} of campaign {campaign}",
+    )
+    return {"artifact": key, "promotion": promotion_summary(record)}
+
+
+def _resolve_inputs(root: Path, params_yaml: str | None, dvc_yaml: str | None) -> tuple[str, str] | None:
+    """The params text and dvc.yaml path to prepare the workspace with; None to use it as it is."""
+    if params_yaml is None and dvc_yaml is None and is_workspace(root):
+        return None
+    if params_yaml is None:
+        source = root / "params.yaml" if (root / "params.yaml").exists() else PROJECT_ROOT / "params.yaml"
+        params_yaml = source.read_text()
+    if dvc_yaml is None:
+        dvc_yaml = str(root / "dvc.yaml" if (root / "dvc.yaml").exists() else PROJECT_ROOT / "dvc.yaml")
+    return params_yaml, dvc_yaml
+
+
+@flow(name="train", persist_result=False)
+def train(
+    workspace: str = ".",
+    params_yaml: str | None = None,
+    dvc_yaml: str | None = None,
+    retries: int = 2,
+    retry_delay_seconds: float = 30.0,
+    campaign: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the campaign of a workspace.
+
+    Args:
+        workspace: the workspace folder (created if missing); relative paths are resolved against
+            the flow run's working directory.
+        params_yaml: the text of `params.yaml` for the campaign. None keeps the workspace's (or, for
+            a new folder, the project's). Different params in a workspace with results save the
+            earlier campaign as a DVC experiment first.
+        dvc_yaml: a `dvc.yaml` to copy in; None keeps the workspace's (or uses the project's).
+        retries: how often a transiently failed stage is retried (permanent failures never are).
+        retry_delay_seconds: the wait before each retry.
+        campaign: the name in artifact keys and titles; defaults to the workspace folder's name.
+
+    Returns:
+        `{"workspace", "campaign", "saved_experiment", "stages": [{"stage", "ran", "seconds"}],
+        "ran": [stage, ...], "iterations": {i: {"artifact", "promotion"}}, "progress_artifact"}`.
+    """
+    logger = get_run_logger()
+    root = Path(workspace).resolve()
+    name = campaign or root.name
+    with CampaignLock(root, holder=f"flow run {flow_run.id}"):
+        inputs = _resolve_inputs(root, params_yaml, dvc_yaml)
+        prepared = prepare(str(root), *inputs) if inputs is not None else {"saved_experiment": None}
+        if prepared["saved_experiment"]:
+            logger.info("Earlier campaign saved as DVC experiment %r", prepared["saved_experiment"])
+        plan = read_plan(root)
+        stages = plan.stages()
+        check_stages(str(root), stages)
+
+        progress_key = artifact_key(name, "progress")
+        progress_id = cast(
+            UUID,
+            create_progress_artifact(
+                progress=0.0, key=progress_key, description=f"Stages of campaign {name}"
+            ),
+        )
+        closing = {plan.closing_stage(i): i for i in plan.iterations}
+        stage_env = {"IRIS_CAMPAIGN": name, "IRIS_FLOW_RUN_ID": str(flow_run.id or "")}
+        run = repro_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
+        outcomes: list[dict[str, Any]] = []
+        iterations: dict[str, dict[str, Any]] = {}
+        for done, stage in enumerate(stages, start=1):
+            outcomes.append(run(str(root), stage, env=stage_env))
+            update_progress_artifact(
+                progress_id,
+                progress=100.0 * done / len(stages),
+                description=f"{done}/{len(stages)} stages of campaign {name} done (last: {stage})",
+            )
+            if stage in closing:
+                iterations[closing[stage]] = publish_iteration(str(root), closing[stage], name)
+    return {
+        "workspace": str(root),
+        "campaign": name,
+        "saved_experiment": prepared["saved_experiment"],
+        "stages": outcomes,
+        "ran": [outcome["stage"] for outcome in outcomes if outcome["ran"]],
+        "iterations": iterations,
+        "progress_artifact": progress_key,
+    }
+
+
+def run_train(**parameters: Any) -> dict[str, Any]:
+    """The embedded entry point: `train(...)` on Prefect's ephemeral API, offline, no heartbeats."""
+    with embedded_settings():
+        summary: dict[str, Any] = train(**parameters)
+    return summary
