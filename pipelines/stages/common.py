@@ -151,8 +151,21 @@ def component_sampler(config: IrisConfig, component: str, seed: int) -> SegmentS
 # ---------------------------------------------------------------------------------------------
 
 
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_json(path: Path, content: Mapping[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(content, indent=1, sort_keys=True, default=float) + "\n")
+    atomic_write_text(path, json.dumps(_plain(content), indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_tsv(path: Path, rows: list[dict[str, float]]) -> None:

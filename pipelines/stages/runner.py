@@ -121,7 +121,7 @@ def _dispatch(
         return run_evaluate(ctx, spec.iteration)
     from pipelines.stages.promote import run_promote
 
-    result: StageResult = run_promote(ctx, spec.iteration)
+    result: StageResult = run_promote(ctx, spec.iteration, getattr(tracker, "run_id", None))
     return result
 
 
