@@ -388,23 +388,23 @@ def to_yaml(tree: Mapping[str, Any] | IrisConfig) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=110)
 
 
-def write_params(
-    path: str | Path,
+def params_text(
     env: str | None = None,
     params: str | None = None,
     overrides: Sequence[str] = (),
     params_file: str | Path | None = None,
-) -> IrisConfig:
-    """Write the merged config to ``path`` as plain values, after checking that it is valid.
+) -> tuple[str, Experiment]:
+    """The text of a ``params.yaml`` for these presets/file and overrides, after checking it.
 
-    Derived sizes are written as ``null`` (they follow their sources); ``load_config(params_file=path)``
-    gives back the same config.
+    Derived sizes are written as ``null`` (they follow their sources); the ``loop`` section's
+    iterations and evaluations are regenerated, so a changed ``common.epochs`` adds stages.
     """
     tree = merged_config(env=env, params=params, overrides=overrides, params_file=params_file)
     loop_tree = tree.pop("loop", None)
-    config = build_dataclass(IrisConfig, tree)  # validate before touching the file
+    config = build_dataclass(IrisConfig, tree)
     assert isinstance(config, IrisConfig)
-    # The iterations follow common.epochs: regenerated here, so a changed epoch count adds stages.
+    if loop_tree is not None and not isinstance(loop_tree, Mapping):
+        raise ConfigError("loop", f"expected a mapping of keys, got {_describe(loop_tree)}")
     if isinstance(loop_tree, Mapping):
         loop_tree = {k: v for k, v in loop_tree.items() if k not in ("iterations", "evaluations")}
     loop = derive_loop(config, loop_tree)
@@ -417,5 +417,18 @@ def write_params(
         "# The experiment of this workspace: plain values, read by every DVC stage.\n"
         "# null = derived from other values (see iris_core/config.py). Regenerate with `iris config write`.\n"
     )
-    atomic_write_text(Path(path), header + to_yaml(tree))
-    return config
+    return header + to_yaml(tree), Experiment(config, loop)
+
+
+def write_params(
+    path: str | Path,
+    env: str | None = None,
+    params: str | None = None,
+    overrides: Sequence[str] = (),
+    params_file: str | Path | None = None,
+) -> IrisConfig:
+    """Write :func:`params_text` to ``path`` (atomically, only once it is known to be valid);
+    ``load_config(params_file=path)`` gives back the same config."""
+    text, experiment = params_text(env, params, overrides, params_file)
+    atomic_write_text(Path(path), text)
+    return experiment.config
