@@ -14,10 +14,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from pipelines.flows.lock import IRIS_DIR, ensure_iris_dir
+from pipelines.flows.lock import ensure_iris_dir
 from pipelines.flows.stages import dvc, tool_environment
 
 # Commits made here carry this identity unless the environment names one: a fresh machine or a
@@ -64,14 +65,33 @@ def is_workspace(path: Path) -> bool:
     return all((path / name).exists() for name in (".git", ".dvc", "dvc.yaml", "params.yaml"))
 
 
+def _lock_entries(workspace: Path) -> dict[str, dict[str, Any]]:
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text()) or {}
+    return {name: entry or {} for name, entry in (lock.get("stages") or {}).items()}
+
+
 def completed_stages(workspace: Path) -> list[str]:
     """Stages recorded in `dvc.lock` whose outputs are all present (the ones `dvc exp save` can commit)."""
-    lock = yaml.safe_load((workspace / "dvc.lock").read_text()) or {}
-    stages = lock.get("stages") or {}
     return [
         name
-        for name, entry in stages.items()
-        if all((workspace / out["path"]).exists() for out in (entry or {}).get("outs", []))
+        for name, entry in _lock_entries(workspace).items()
+        if all((workspace / out["path"]).exists() for out in entry.get("outs", []))
+    ]
+
+
+def _uncached_results(workspace: Path, stages: list[str]) -> list[str]:
+    """Untracked files among these stages' outputs (metrics, plots with `cache: false`) and the
+    `.gitignore` files DVC wrote next to them: what an experiment commit would otherwise miss."""
+    entries = _lock_entries(workspace)
+    outs = {out["path"].rstrip("/") for stage in stages for out in entries[stage].get("outs", [])}
+    folders = {str(Path(path).parent) for path in outs}
+    untracked = _run(workspace, "git", "ls-files", "--others", "--exclude-standard", "-z")
+    return [
+        path
+        for path in filter(None, untracked.split("\0"))
+        if path in outs
+        or any(path.startswith(out + "/") for out in outs)
+        or (Path(path).name == ".gitignore" and str(Path(path).parent) in folders)
     ]
 
 
@@ -79,24 +99,17 @@ def save_campaign(workspace: Path, name: str) -> str | None:
     """Save the workspace's current results as the DVC experiment `name`; None if there are none.
 
     `dvc exp save` caches every stage's outputs and stops at the first missing one, so an
-    interrupted campaign is saved with its completed stages as targets; the files DVC does not cache
-    (metrics and plots with `cache: false`, the `.gitignore`s DVC writes) would be left out unless
-    named, so every untracked path is included.
+    interrupted campaign is saved with its completed stages as targets. Outputs DVC does not cache
+    (metrics and plots with `cache: false`) and the `.gitignore`s DVC wrote are untracked files
+    that an experiment leaves out unless named; other untracked files of the folder are not
+    results and stay out.
     """
     targets = completed_stages(workspace)
     if not targets:
         return None
-    untracked = _run(workspace, "git", "ls-files", "--others", "--exclude-standard", "--directory", "-z")
-    include: list[str] = []
-    for path in filter(None, untracked.split("\0")):
-        if not path.startswith(IRIS_DIR + "/"):
-            include += ["--include-untracked", path.rstrip("/")]
-    _run(
-        workspace,
-        *dvc("exp", "save", "--name", name, "--message", f"campaign saved before new params: {name}"),
-        *include,
-        *targets,
-    )
+    include = [arg for path in _uncached_results(workspace, targets) for arg in ("--include-untracked", path)]
+    message = f"campaign saved before new params: {name}"
+    _run(workspace, *dvc("exp", "save", "--name", name, "--message", message), *include, *targets)
     return name
 
 
