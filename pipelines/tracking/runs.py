@@ -224,6 +224,7 @@ class MlflowMetricsSink:
         self._run_id = run_id
         self._queue: queue.SimpleQueue[list[Metric] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self._closed = False
         self.error: Exception | None = None
         self.num_lost = 0  # metric values that could not be written
@@ -234,8 +235,11 @@ class MlflowMetricsSink:
         timestamp = _now_ms()
         self._queue.put([Metric(key, _finite_or_nan(v), timestamp, int(step)) for key, v in metrics.items()])
         if self._thread is None:
-            self._thread = threading.Thread(target=self._write, name="mlflow-metrics", daemon=True)
-            self._thread.start()
+            with self._start_lock:  # one writer, even if several threads report at once
+                if self._thread is None:
+                    thread = threading.Thread(target=self._write, name="mlflow-metrics", daemon=True)
+                    thread.start()
+                    self._thread = thread
 
     def _write(self) -> None:
         stop = False
