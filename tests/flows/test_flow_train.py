@@ -35,10 +35,6 @@ def test_the_flow_runs_every_stage_in_order_then_a_rerun_is_a_noop(
     workspace = tmp_path / "seed-0"
     text = params_yaml(iterations=2, evaluations=[2])
     expected = plan_from_params(yaml.safe_load(text)).stages()
-    # A status file left by an earlier, failed attempt must not fail this run.
-    control(workspace, "collect@1", "")
-    (workspace / ".iris" / "status").mkdir(parents=True)
-    (workspace / ".iris" / "status" / "collect@1.json").write_text('{"permanent": true, "error": "old"}')
 
     summary = train(workspace=str(workspace), params_yaml=text, dvc_yaml=str(toy_dvc_yaml), retries=0)
 
@@ -67,6 +63,9 @@ def test_the_flow_runs_every_stage_in_order_then_a_rerun_is_a_noop(
 def test_a_transient_failure_is_retried_and_succeeds(tmp_path: Path, toy_dvc_yaml: Path) -> None:
     workspace = tmp_path / "flaky"
     control(workspace, "world_model@1", "transient-once")
+    # A permanent-failure status file left by an earlier attempt must not turn this crash permanent.
+    (workspace / ".iris" / "status").mkdir(parents=True)
+    (workspace / ".iris" / "status" / "world_model@1.json").write_text('{"permanent": true, "error": "old"}')
 
     summary = train(
         workspace=str(workspace),
