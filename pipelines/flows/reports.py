@@ -61,6 +61,8 @@ def read_iteration(workspace: Path, iteration: str) -> IterationRecord:
 
 
 def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value).replace("|", "\\|")
     if isinstance(value, float) and not math.isfinite(value):
@@ -92,21 +94,43 @@ def _promotion_lines(promotion: dict[str, Any]) -> list[str]:
 
 
 def _mlflow_lines(promotion: dict[str, Any], base: str) -> list[str]:
+    """Links to the iteration's MLflow runs; bare run ids where no experiment id says where they are."""
     tracking = promotion.get("mlflow") or {}
-    experiment = tracking.get("experiment_id")
-    if experiment is None:
-        return []
-    lines = ["## MLflow runs", ""]
+    runs = {**(tracking.get("run_ids") or {})}
     if tracking.get("parent_run_id"):
-        url = mlflow_run_url(base, str(experiment), str(tracking["parent_run_id"]))
-        lines.append(f"- [campaign run]({url})")
-    for stage, run_id in (tracking.get("run_ids") or {}).items():
-        lines.append(f"- [{stage}]({mlflow_run_url(base, str(experiment), str(run_id))})")
+        runs = {"campaign run": tracking["parent_run_id"], **runs}
+    if tracking.get("run_id"):
+        runs.setdefault("promotion run", tracking["run_id"])
+    if not runs:
+        return []
+    experiment = tracking.get("experiment_id")
+    lines = ["## MLflow runs", ""]
+    for label, run_id in runs.items():
+        if experiment is None:
+            lines.append(f"- {label}: run `{run_id}`")
+        else:
+            lines.append(f"- [{label}]({mlflow_run_url(base, str(experiment), str(run_id))})")
     return [*lines, ""]
 
 
+def _loss_rows(record: IterationRecord) -> list[tuple[Any, ...]]:
+    """One row per component: its total loss on training batches and on held-out data."""
+    rows = []
+    evaluation = record.metrics.get("evaluate", {})
+    for component in TRAINING_STAGES[1:]:
+        train = record.metrics.get(component, {}).get(f"{component}/train/loss_total")
+        held_out = evaluation.get(
+            f"{component}/eval/loss_total",
+            record.metrics.get(component, {}).get(f"{component}/eval/loss_total"),
+        )
+        if train is not None or held_out is not None:
+            rows.append((component, train, held_out))
+    return rows
+
+
 def iteration_markdown(record: IterationRecord, campaign: str, ui_base: str | None = None) -> str:
-    """The iteration's summary: promotion decision and evidence, scores, losses, MLflow links."""
+    """The iteration's summary: promotion decision and evidence, scores, losses, every metric, MLflow
+    links."""
     base = ui_base if ui_base is not None else mlflow_ui_base()
     i = record.iteration
     lines = [f"# Campaign `{campaign}`: iteration {i}", ""]
@@ -114,18 +138,23 @@ def iteration_markdown(record: IterationRecord, campaign: str, ui_base: str | No
         lines += _promotion_lines(record.promotion)
     else:
         lines += ["No evaluation in this iteration.", ""]
-    scores = [
-        (name, value) for stage in SCORE_STAGES for name, value in record.metrics.get(stage, {}).items()
-    ]
+    scores = sorted(
+        (name, value)
+        for name, value in record.metrics.get("evaluate", {}).items()
+        if name.startswith("test/")
+    )
     if scores:
-        lines += [f"## Scores (evaluate@{i})", "", *_table(("metric", "value"), sorted(scores)), ""]
-    training = [
+        lines += [f"## Scores (evaluate@{i})", "", *_table(("metric", "value"), scores), ""]
+    losses = _loss_rows(record)
+    if losses:
+        lines += ["## Losses", "", *_table(("component", "train loss_total", "eval loss_total"), losses), ""]
+    every = [
         (f"{stage}@{i}", name, value)
-        for stage in TRAINING_STAGES
+        for stage in TRAINING_STAGES + SCORE_STAGES
         for name, value in sorted(record.metrics.get(stage, {}).items())
     ]
-    if training:
-        lines += ["## Losses and training metrics", "", *_table(("stage", "metric", "value"), training), ""]
+    if every:
+        lines += ["## All metrics", "", *_table(("stage", "metric", "value"), every), ""]
     if record.promotion is not None:
         lines += _mlflow_lines(record.promotion, base)
     return "\n".join(lines).rstrip() + "\n"

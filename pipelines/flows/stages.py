@@ -9,8 +9,11 @@ held for a moment): the task's bounded retries apply to these only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -81,6 +84,16 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
+def _stop_group(process: Popen[str], grace_seconds: float = 10.0) -> None:
+    """SIGTERM the process group (DVC and its stage command), then SIGKILL whatever is left of it."""
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_seconds)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def run_dvc_stage(
     workspace: Path,
     stage: str,
@@ -96,6 +109,9 @@ def run_dvc_stage(
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=20)
     ran = False
+    # DVC and the stage command get a process group of their own: if this task is interrupted
+    # (a cancelled flow run, Ctrl-C, an error while logging), the whole group goes, so no orphaned
+    # stage keeps training and holding DVC's lock.
     with Popen(
         dvc("repro", "--single-item", stage),
         cwd=workspace,
@@ -104,16 +120,21 @@ def run_dvc_stage(
         text=True,
         errors="replace",
         env=tool_environment(env),
+        start_new_session=True,
     ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if line.startswith(f"Running stage '{stage}'"):
-                ran = True
-            if line:
-                tail.append(line)
-                log(line)
-        returncode = process.wait()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                line = line.rstrip()
+                if line.startswith(f"Running stage '{stage}'"):
+                    ran = True
+                if line:
+                    tail.append(line)
+                    log(line)
+            returncode = process.wait()
+        except BaseException:
+            _stop_group(process)
+            raise
     seconds = time.monotonic() - started
     if returncode != 0:
         error = permanent_failure(workspace, stage)

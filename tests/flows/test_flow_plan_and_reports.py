@@ -55,8 +55,13 @@ def _write(path: Path, value: object) -> None:
 
 
 def test_the_iteration_markdown_has_decision_evidence_scores_losses_and_mlflow_links(tmp_path: Path) -> None:
-    _write(tmp_path / "metrics/evaluate/4.json", {"test/return_mean": 3.14159, "test/crafter_score": 2.5})
-    _write(tmp_path / "metrics/tokenizer/4.json", {"tokenizer/eval/loss_total": 0.012345})
+    _write(
+        tmp_path / "metrics/tokenizer/4.json", {"tokenizer/train/loss_total": 0.5, "tokenizer/seconds": 7.0}
+    )
+    _write(
+        tmp_path / "metrics/evaluate/4.json",
+        {"test/return_mean": 3.14159, "tokenizer/eval/loss_total": 0.012345},
+    )
     _write(
         tmp_path / "promotion/4.json",
         {
@@ -66,7 +71,7 @@ def test_the_iteration_markdown_has_decision_evidence_scores_losses_and_mlflow_l
             "registered_model": "delta-iris",
             "version": 5,
             "champion_version": 3,
-            "evidence": {"mean_difference": 0.1, "ci_low": -0.2, "ci_high": 0.4, "num_pairs": 16},
+            "evidence": {"mean_difference": 0.1, "ci_low": -0.2, "ci_high": None, "num_pairs": 16},
             "mlflow": {
                 "tracking_uri": "sqlite:///mlflow.db",
                 "experiment_id": "7",
@@ -81,9 +86,15 @@ def test_the_iteration_markdown_has_decision_evidence_scores_losses_and_mlflow_l
     assert "the interval includes zero" in markdown
     assert "| ci_low | -0.2 |" in markdown
     assert "| num_pairs | 16 |" in markdown
-    assert "| test/return_mean | 3.142 |" in markdown
-    assert "| tokenizer@4 | tokenizer/eval/loss_total | 0.01235 |" in markdown
-    assert "- [campaign run](http://ui:5000/#/experiments/7/runs/p1)" in markdown
+    assert "| ci_high | n/a |" in markdown
+    assert (
+        "## Scores (evaluate@4)\n\n| metric | value |\n|---|---|\n| test/return_mean | 3.142 |\n\n"
+        in markdown
+    )
+    assert "| tokenizer | 0.5 | 0.01235 |" in markdown  # train and held-out loss of a component
+    assert "| tokenizer@4 | tokenizer/seconds | 7 |" in markdown
+    assert "| evaluate@4 | tokenizer/eval/loss_total | 0.01235 |" in markdown
+    assert "## MLflow runs\n\n- [campaign run](http://ui:5000/#/experiments/7/runs/p1)" in markdown
     assert "- [evaluate@4](http://ui:5000/#/experiments/7/runs/r9)" in markdown
 
 
@@ -91,5 +102,12 @@ def test_an_iteration_without_evaluation_says_so(tmp_path: Path) -> None:
     _write(tmp_path / "metrics/world_model/1.json", {"world_model/train/loss_total": 2.0})
     markdown = iteration_markdown(read_iteration(tmp_path, "1"), "c", ui_base="http://x")
     assert "No evaluation in this iteration." in markdown
+    assert "| world_model | 2 | n/a |" in markdown
     assert "| world_model@1 | world_model/train/loss_total | 2 |" in markdown
     assert "MLflow" not in markdown
+
+
+def test_mlflow_runs_without_an_experiment_id_are_listed_by_id(tmp_path: Path) -> None:
+    _write(tmp_path / "promotion/1.json", {"decision": "promoted", "mlflow": {"run_id": "abc"}})
+    markdown = iteration_markdown(read_iteration(tmp_path, "1"), "c", ui_base="http://x")
+    assert "- promotion run: run `abc`" in markdown

@@ -49,6 +49,7 @@ def test_the_flow_runs_every_stage_in_order_then_a_rerun_is_a_noop(
     assert "# Campaign `seed-0`: iteration 2" in markdown
     assert "**Promotion: promoted**: version 2 of `toy-agent`" in markdown
     assert "| test/return_mean | 3 |" in markdown
+    assert "| world_model | 0.3333 | 0.5 |" in markdown
     assert "| world_model@2 | world_model/eval/loss_total | 0.5 |" in markdown
     assert "/#/experiments/0/runs/run-evaluate-2)" in markdown
     assert "No evaluation in this iteration." in _read_artifact("seed-0-iteration-1").data

@@ -32,6 +32,7 @@ toy = Path(".iris/toy")
 toy.mkdir(parents=True, exist_ok=True)
 with open(toy / "runs.log", "a") as log:
     log.write(stage + "\n")
+(toy / f"{stage}.pid").write_text(str(os.getpid()))
 control_file = toy / stage
 control = control_file.read_text().strip() if control_file.exists() else ""
 if control.startswith("permanent:"):
