@@ -24,7 +24,7 @@ temperature 1, a fresh LSTM burned in on zero frames, exactly ``num_episodes`` c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -251,7 +251,11 @@ class Collector:
         self._excess_steps = 0
 
     def collect_epoch(
-        self, policy: Policy | None, epoch: int, config: TrainCollectionConfig
+        self,
+        policy: Policy | None,
+        epoch: int,
+        config: TrainCollectionConfig,
+        on_steps: Callable[[int], None] | None = None,
     ) -> CollectResult:
         """Collection of paper epoch ``epoch`` (1-based): epoch 1 is random, later ones use ``policy``."""
         epsilon = 1.0 if epoch == 1 else config.epsilon
@@ -261,6 +265,7 @@ class Collector:
             epsilon=epsilon,
             should_sample=config.should_sample,
             temperature=config.temperature,
+            on_steps=on_steps,
         )
 
     @torch.no_grad()
@@ -272,8 +277,12 @@ class Collector:
         epsilon: float,
         should_sample: bool = True,
         temperature: float = 1.0,
+        on_steps: Callable[[int], None] | None = None,
     ) -> CollectResult:
-        """Step the envs until ``num_steps`` (minus the last call's overshoot) env steps are counted."""
+        """Step the envs until ``num_steps`` (minus the last call's overshoot) env steps are counted.
+
+        ``on_steps(steps)`` (progress reports) is called with the steps counted so far, after each
+        batch step."""
         assert 0.0 <= epsilon <= 1.0, epsilon
         use_policy = epsilon < 1.0
         assert policy is not None or not use_policy, "a policy is needed when epsilon < 1"
@@ -304,6 +313,8 @@ class Collector:
                 self._episodes, obs, act, step, self.num_actions, self.sink, self.burn_in_length
             )
             steps += int(step.was_running.sum())
+            if on_steps is not None:
+                on_steps(steps)
             if self.env.all_done:
                 self._start_episodes()
                 if use_policy:

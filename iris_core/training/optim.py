@@ -7,7 +7,9 @@ Actor-critic: plain Adam, no decay. Constant learning rate, betas and eps from `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,16 +53,22 @@ def split_weight_decay(model: nn.Module) -> WeightDecayGroups:
 
 
 def make_optimizer(
-    model: nn.Module, training: TrainingConfig, component: ComponentTrainingConfig
+    model: nn.Module,
+    training: TrainingConfig,
+    component: ComponentTrainingConfig,
+    options: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimiser ``component.optimizer`` names, over ``model``'s trainable parameters.
 
     Frozen parameters (the actor-critic's target network) are left out: they never get a gradient.
+    ``options``: implementation choices that leave the update unchanged (``fused=True`` on CUDA,
+    from :func:`iris_core.models.runtime.optimizer_options`).
     """
+    extra = dict(options or {})
     if component.optimizer == "adam":
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.Adam(
-            params, lr=training.learning_rate, betas=training.adam_betas, eps=training.adam_eps
+            params, lr=training.learning_rate, betas=training.adam_betas, eps=training.adam_eps, **extra
         )
     if component.optimizer == "adamw":
         groups = split_weight_decay(model)
@@ -72,5 +80,6 @@ def make_optimizer(
             lr=training.learning_rate,
             betas=training.adam_betas,
             eps=training.adam_eps,
+            **extra,
         )
     raise ValueError(f"unknown optimizer {component.optimizer!r} (expected 'adam' or 'adamw')")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,12 @@ def permanent_reason(error: BaseException) -> str | None:
     return None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (DVC or Prefect cancelling) ends the stage like Ctrl-C
+
+
 def main(name: str, workspace: Path) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     ws = Workspace(workspace)
     status = ws.status(name)
     if status.exists():

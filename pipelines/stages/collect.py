@@ -16,6 +16,7 @@ from iris_core.envs.factory import make_batch_env, make_env, num_actions_of
 from iris_core.training.collector import Collector, InferencePolicy
 from iris_core.training.schedule import COMPONENTS
 from pipelines.atomic import atomic_directory, atomic_torch_save
+from pipelines.progress import Progress
 from pipelines.stages.common import (
     StageContext,
     StageError,
@@ -26,6 +27,7 @@ from pipelines.stages.common import (
     write_checkpoint,
     write_json,
 )
+from pipelines.stages.faults import kill_point
 from pipelines.stages.result import StageResult
 from pipelines.storage import (
     DatasetManifest,
@@ -45,13 +47,17 @@ class StoreSink:
     gets the next part number.
     """
 
-    def __init__(self, writer: EpisodeStoreWriter, next_part: dict[int, int]) -> None:
+    def __init__(self, writer: EpisodeStoreWriter, next_part: dict[int, int], stage: str = "") -> None:
         self.writer = writer
         self.next_part = next_part
+        self.stage = stage
+        self.parts_written = 0
 
     def write(self, episode_id: int, part: Episode, *, start: int, finished: bool) -> None:
         number = self.next_part.get(episode_id, 0)
         self.writer.append(part, episode_id=episode_id, part=number)
+        self.parts_written += 1
+        kill_point(self.stage, f"part={self.parts_written}")
         if finished:
             self.next_part.pop(episode_id, None)
         else:
@@ -118,6 +124,8 @@ def run_collect(ctx: StageContext, iteration: int, prev: int) -> StageResult:
     store = ws.store(iteration)
     if store.exists():  # left by an earlier attempt at this stage (DVC removes it itself)
         shutil.rmtree(store)
+    for stale in store.parent.glob(f".{store.name}.*.partial"):  # half-written by a killed attempt
+        shutil.rmtree(stale, ignore_errors=True)
     attributes = StoreAttributes(
         env_id=config.env.train.id or config.env.train.kind,
         seed=seed,
@@ -141,12 +149,18 @@ def run_collect(ctx: StageContext, iteration: int, prev: int) -> StageResult:
         policy = InferencePolicy(agent.actor_critic, bf16=collection.policy_bf16)
         with atomic_directory(store, create=False) as tmp:
             writer = EpisodeStoreWriter.create(str(tmp), attributes)
-            collector.sink = StoreSink(writer, next_part)
-            with writer:
-                for epoch, _ in ctx.schedule.collection_steps(iteration):
-                    result = collector.collect_epoch(policy, epoch, collection)
+            collector.sink = StoreSink(writer, next_part, stage=f"collect@{iteration}")
+            plan = ctx.schedule.collection_steps(iteration)
+            with writer, Progress(f"collect@{iteration}", sum(n for _, n in plan), unit="env step") as bar:
+                for epoch, _ in plan:
+
+                    def report(n: int, base: int = steps) -> None:
+                        bar.update(base + n)
+
+                    result = collector.collect_epoch(policy, epoch, collection, on_steps=report)
                     steps += result.num_steps
                     episodes += result.episodes
+        kill_point(f"collect@{iteration}", "store_committed")
         new_state = {
             "format": COLLECTOR_STATE_FORMAT,
             "collector": collector.state_dict(),

@@ -19,6 +19,7 @@ from iris_core.training.evaluate import play_test_episodes
 from iris_core.training.schedule import COMPONENTS
 from pipelines.atomic import atomic_torch_save, atomic_write_text
 from pipelines.stages.common import StageContext, StageError, read_checkpoint, write_json
+from pipelines.stages.faults import kill_point
 from pipelines.stages.result import StageResult
 
 NUM_RESAMPLES = 9999
@@ -74,6 +75,7 @@ def run_promote(ctx: StageContext, iteration: int, run_id: str | None) -> StageR
         version = tracking.register_agent(
             run_id, name=name, agent_state=folder / "agent.pt", config_json=folder / "config.json", tags=tags
         )
+        kill_point(f"promote@{iteration}", "registered")
 
     champion = tracking.get_alias_version(name, tracking.CHAMPION)
     returns = [float(r) for r in evaluation["returns"]]

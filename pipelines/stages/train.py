@@ -12,6 +12,7 @@ boundary is only where the host reads the device.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +22,11 @@ from torch import nn
 
 from iris_core.data.sampler import load_batch
 from iris_core.data.structures import Batch
+from iris_core.models.runtime import optimizer_options
 from iris_core.training.optim import make_optimizer
 from iris_core.training.train_component import MetricsSink, train_component
 from pipelines.atomic import atomic_torch_save
+from pipelines.progress import Progress
 from pipelines.stages.common import (
     StageContext,
     component_sampler,
@@ -35,6 +38,7 @@ from pipelines.stages.common import (
     write_json,
     write_tsv,
 )
+from pipelines.stages.faults import kill_point
 from pipelines.stages.result import StageResult
 from pipelines.storage import ZarrEpisodeDataset
 
@@ -84,7 +88,8 @@ def run_train(
 
     training = config.training
     component_config = getattr(training, component)
-    optimizer = make_optimizer(module, training, component_config)
+    options = optimizer_options(config.runtime, ctx.device)
+    optimizer = make_optimizer(module, training, component_config, options)
     if previous["optimizer"] is not None:
         optimizer.load_state_dict(previous["optimizer"])
     sampler = component_sampler(config, component, seed=0)
@@ -111,6 +116,7 @@ def run_train(
         steps = int(saved["steps"])
         position = dict(saved["position"])
         rows = list(saved["rows"])
+        print(f"{stage}: continuing from step {steps} (mid-stage checkpoint)", file=sys.stderr)
     else:
         saved = None
     dataset = ZarrEpisodeDataset.from_manifest(str(ws.manifest(iteration)))
@@ -141,6 +147,8 @@ def run_train(
     last_save = time.perf_counter()
     total = sum(n for _, n in plan)
     done = sum(n for _, n in plan[: position["epoch_index"]]) + position["done_in_epoch"]
+    bar = Progress(stage, total)
+    bar.update(done)
     for index in range(position["epoch_index"], len(plan)):
         epoch, num_steps = plan[index]
         sampler.update_counts = epoch > 1  # counts stay untouched in epoch 1 (paper §2.3)
@@ -163,12 +171,15 @@ def run_train(
             rows.append(row)
             if sink is not None:
                 sink.log({f"{component}/train/{k}": v for k, v in means.items()}, steps)
+            bar.update(done, {k: v for k, v in means.items() if k == "loss_total"})
             if on_progress is not None:
                 on_progress(done, total, means)
             if time.perf_counter() - last_save >= loop.checkpoint_every_seconds and done < total:
                 save_partial()
                 last_save = time.perf_counter()
+            kill_point(stage, f"step={steps}")
         position = {"epoch_index": index + 1, "done_in_epoch": 0}
+    bar.close()
     module.eval()
 
     write_checkpoint(
