@@ -16,6 +16,7 @@ under bf16 autocast on CPU too, as the reference numbers were taken (``--no-cpu-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -27,13 +28,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from iris_core.config import IrisConfig
+from iris_core.config import IrisConfig, RuntimeConfig
 from iris_core.data.structures import Batch, SegmentId
-from iris_core.models import actor_critic as actor_critic_module
 from iris_core.models.agent import Agent
-from iris_core.rl.imagination import imagine
+from iris_core.models.runtime import apply_runtime
 from iris_core.training.optim import make_optimizer
-from iris_core.training.train_component import enable_tf32, train_component
+from iris_core.training.train_component import train_component
 
 COMPONENTS = ("tokenizer", "world_model", "actor_critic")
 DEFAULT_NUM_ACTIONS = {"crafter": 17, "atari": 4}
@@ -79,15 +79,15 @@ def random_batch(config: IrisConfig, component: str, batch_size: int, device: to
 
 
 class ImaginationTimer:
-    """Wraps the actor-critic's ``imagine`` to time it (benchmark-only instrumentation)."""
+    """Wraps the actor-critic's rollout function to time it (benchmark-only instrumentation)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.seconds = device, 0.0
+    def __init__(self, device: torch.device, imagine: Any) -> None:
+        self.device, self.seconds, self.imagine = device, 0.0, imagine
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         sync(self.device)
         start = time.perf_counter()
-        result = imagine(*args, **kwargs)
+        result = self.imagine(*args, **kwargs)
         sync(self.device)
         self.seconds += time.perf_counter() - start
         return result
@@ -95,12 +95,10 @@ class ImaginationTimer:
 
 def run_component(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    if device.type == "cuda":
-        enable_tf32()  # as the reference trains
     config = load_preset(args.preset, args.num_actions or DEFAULT_NUM_ACTIONS[args.preset])
     component_config = getattr(config.training, args.component)
     batch_size = args.batch_size or component_config.batch_num_samples
-    agent = Agent(config).to(device)
+    agent = apply_runtime(Agent(config), runtime_config(args.runtime), device)
     component = getattr(agent, args.component)
     deps: dict[str, torch.nn.Module] = (
         {"tokenizer": agent.tokenizer.eval()} if args.component != "tokenizer" else {}
@@ -110,8 +108,8 @@ def run_component(args: argparse.Namespace) -> dict[str, Any]:
     optimizer = make_optimizer(component, config.training, component_config)
     batch = random_batch(config, args.component, batch_size, device)
     force_bf16 = args.cpu_bf16 and args.component != "actor_critic"
-    timer = ImaginationTimer(device)
-    setattr(actor_critic_module, "imagine", timer)  # noqa: B010  (the module's global, for timing)
+    timer = ImaginationTimer(device, agent.actor_critic.imagine)
+    agent.actor_critic.imagine = timer
 
     def steps(n: int) -> None:
         train_component(
@@ -138,6 +136,7 @@ def run_component(args: argparse.Namespace) -> dict[str, Any]:
     uses_bf16 = component_config.bf16_autocast and (device.type == "cuda" or force_bf16)
     return {
         "component": args.component,
+        "runtime": args.runtime,
         "batch": f"{batch_size}×{batch.act.size(1)}",
         "s_per_step": seconds,
         "imagination_s": imagination_seconds if args.component == "actor_critic" else None,
@@ -148,9 +147,26 @@ def run_component(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def runtime_config(spec: str) -> RuntimeConfig:
+    """``default`` (the device's defaults), ``plain`` (every optimisation off) or
+    ``name=value,...`` over the defaults, e.g. ``checkpoint_cnns=false,cpu_kernels=false``."""
+    if spec == "default":
+        return RuntimeConfig()
+    names = [f.name for f in dataclasses.fields(RuntimeConfig)]
+    if spec == "plain":
+        return RuntimeConfig(**dict.fromkeys(names, False))
+    values = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name not in names or value not in ("true", "false"):
+            raise SystemExit(f"--runtime: expected name=true|false with a name in {names}, got {item!r}")
+        values[name] = value == "true"
+    return RuntimeConfig(**values)
+
+
 def child_command(args: argparse.Namespace, component: str) -> list[str]:
     command = [sys.executable, "-m", "benchmarks.components", "--json", "--component", component]
-    for flag in ("preset", "device", "steps", "batch_size", "num_actions", "threads"):
+    for flag in ("preset", "device", "steps", "batch_size", "num_actions", "threads", "runtime"):
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
@@ -197,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num-actions", type=int, default=None, help="default: 17 (Crafter), 4 (Atari)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--runtime", default="default", help="optimisation layer: default, plain, or name=true|false,..."
+    )
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--no-cpu-bf16", dest="cpu_bf16", action="store_false",
                         help="run tokenizer and world model in fp32 on CPU")  # fmt: skip

@@ -570,13 +570,12 @@ class RuntimeConfig:
 
     Kept apart from the paper's hyperparameters. ``None`` (the default) takes the device's default
     (``iris_core.models.runtime.resolve_runtime``): on CUDA TF32, fused Adam, channels-last; on CPU
-    channels-last with its accurate GroupNorm, the sub-pixel upsampling and activation
-    checkpointing of the CNNs.
+    channels-last, the sub-pixel upsampling and activation checkpointing of the CNNs.
     """
 
-    channels_last: bool | None = None  # CNN weights and maps in NHWC
+    channels_last: bool | None = None  # CNN weights and maps in NHWC (on CPU with an accurate GroupNorm)
     checkpoint_cnns: bool | None = None  # CNNs keep only their conv outputs, re-run GN/SiLU backward
-    cpu_kernels: bool | None = None  # CPU only: accurate channels-last GroupNorm, sub-pixel upsampling
+    cpu_kernels: bool | None = None  # CPU only: sub-pixel form of the fp32 upsampling convolutions
     compile: bool | None = None  # torch.compile each compute_loss; imagination with CUDA graphs on CUDA
     tf32: bool | None = None  # CUDA: TF32 matmuls and convolutions, as the reference trains
     fused_adam: bool | None = None  # CUDA: one fused kernel per optimizer step

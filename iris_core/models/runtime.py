@@ -5,13 +5,14 @@ The paper modules (``convnet``, ``tokenizer``, ``world_model``, ``actor_critic``
 what it computes (up to floating-point rounding); :func:`optimizer_options` gives the matching
 optimizer flags. What it does is chosen by ``RuntimeConfig`` (``None`` = the device default):
 
-- ``channels_last``: CNN weights in NHWC, the layout cuDNN's and oneDNN's convolutions run natively.
-- ``cpu_kernels`` (CPU only): torch's channels-last CPU GroupNorm computes the variance as
-  E[x²] − E[x]² in the map's dtype, which loses precision when a group's mean is large against
-  its spread (zero padding frames, flat backgrounds); :class:`ContiguousGroupNorm` computes it in
-  the contiguous layout, whose kernel is accurate. :class:`SubPixelUpsample` computes
-  nearest ×2 upsampling then a 3×3 convolution in fp32 as one 2×2 convolution of the small map
-  (16 instead of 36 multiply-adds per input pixel).
+- ``channels_last``: CNN weights in NHWC, the layout cuDNN's and oneDNN's convolutions run
+  natively. On CPU it comes with :class:`ContiguousGroupNorm`: torch's channels-last CPU
+  GroupNorm computes the variance as E[x²] − E[x]² in the map's dtype, which loses precision when
+  a group's mean is large against its spread (zero padding frames, flat backgrounds), so the
+  norms run in the contiguous layout, whose kernel is accurate.
+- ``cpu_kernels`` (CPU only): :class:`SubPixelUpsample` computes nearest ×2 upsampling then a
+  3×3 convolution in fp32 as one 2×2 convolution of the small map (16 instead of 36
+  multiply-adds per input pixel).
 - ``checkpoint_cnns``: every residual block and upsample keeps only its convolution outputs for
   the backward pass, which re-runs the cheap GroupNorm, SiLU and interpolation instead
   (``torch.utils.checkpoint`` with a selective policy): most of the activation memory for a
@@ -96,17 +97,23 @@ def apply_runtime(agent: Agent, config: RuntimeConfig, device: str | torch.devic
         torch.backends.cudnn.allow_tf32 = True
     if settings.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the shapes of a run are fixed: pick the fastest kernels
-    cnns = [m for m in agent.modules() if isinstance(m, FrameEncoder | FrameDecoder)]
-    for cnn in cnns:
-        if settings.cpu_kernels:
-            swap_cpu_kernels(cnn)
-        if settings.checkpoint_cnns:
-            checkpoint_cnn(cnn)
-        if settings.channels_last:
-            cnn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    for cnn in [m for m in agent.modules() if isinstance(m, FrameEncoder | FrameDecoder)]:
+        optimise_cnn(cnn, settings)
     if settings.compile:
         compile_agent(agent, settings.device)
     return agent
+
+
+def optimise_cnn(cnn: nn.Module, settings: RuntimeSettings) -> None:
+    """The CNN part of :func:`apply_runtime`, for one ``FrameEncoder`` or ``FrameDecoder``."""
+    if settings.cpu_kernels:
+        swap_sub_pixel_upsampling(cnn)
+    if settings.checkpoint_cnns:
+        checkpoint_cnn(cnn)
+    if settings.channels_last:
+        if settings.device.type == "cpu":
+            swap_group_norms(cnn)  # torch's channels-last CPU GroupNorm is not accurate
+        cnn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def optimizer_options(config: RuntimeConfig, device: str | torch.device) -> dict[str, Any]:
@@ -179,10 +186,17 @@ class SubPixelUpsample(Upsample):
         return out.reshape(n, conv.out_channels, 2 * h, 2 * w)
 
 
-def swap_cpu_kernels(cnn: nn.Module) -> None:
-    """Use :class:`ContiguousGroupNorm` and :class:`SubPixelUpsample` inside ``cnn`` (CPU)."""
+def swap_group_norms(cnn: nn.Module) -> None:
+    """Use :class:`ContiguousGroupNorm` for every GroupNorm inside ``cnn`` (CPU, channels-last)."""
     for module in cnn.modules():
-        swapped = _CPU_KERNELS.get(type(module))
+        if type(module) is nn.GroupNorm:
+            module.__class__ = ContiguousGroupNorm
+
+
+def swap_sub_pixel_upsampling(cnn: nn.Module) -> None:
+    """Use :class:`SubPixelUpsample` for every upsample inside ``cnn`` (CPU)."""
+    for module in cnn.modules():
+        swapped = _SUB_PIXEL.get(type(module))
         if swapped is not None:
             module.__class__ = swapped
 
@@ -237,8 +251,7 @@ _CHECKPOINTED: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-_CPU_KERNELS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.GroupNorm: ContiguousGroupNorm,
+_SUB_PIXEL: dict[type[nn.Module], type[nn.Module]] = {
     Upsample: SubPixelUpsample,
     CheckpointedUpsample: CheckpointedSubPixelUpsample,
 }

@@ -1,0 +1,289 @@
+"""The optimisation layer: device defaults, and every optimisation equals the plain modules.
+
+Each optimisation is checked against the plain path on values and gradients of every component's
+loss; the CPU kernels also against float64 oracles (the GroupNorm precision of channels-last maps).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from iris_core.config import (
+    ActorCriticConfig,
+    ComponentTrainingConfig,
+    FrameCnnConfig,
+    IrisConfig,
+    RuntimeConfig,
+    TokenizerConfig,
+    TrainingConfig,
+    TransformerConfig,
+    WorldModelConfig,
+)
+from iris_core.data.structures import Batch, SegmentId
+from iris_core.models import runtime
+from iris_core.models.agent import Agent
+from iris_core.models.convnet import FrameEncoder, ResidualBlock, Upsample
+from iris_core.training.optim import split_weight_decay
+
+OFF = RuntimeConfig(channels_last=False, checkpoint_cnns=False, cpu_kernels=False, compile=False)
+
+
+def small_cnn(latent_dim: int | None) -> FrameCnnConfig:
+    # Three downsamples (64×64 → 8×8) as in the paper's CNNs, at a fraction of the width.
+    return FrameCnnConfig(
+        num_channels=8, mult=(1, 2, 2), down=(1, 1, 1), latent_dim=latent_dim, norm_groups=4
+    )
+
+
+def small_config() -> IrisConfig:
+    return IrisConfig(
+        training=TrainingConfig(world_model=ComponentTrainingConfig(sequence_length=6)),
+        tokenizer=TokenizerConfig(
+            codebook_size=32, codebook_dim=8, decoder_act_channels=2,
+            encoder=small_cnn(8), decoder=small_cnn(None), frame_cnn=small_cnn(4),
+        ),
+        world_model=WorldModelConfig(
+            transformer=TransformerConfig(num_layers=1, num_heads=2, embed_dim=64), frame_cnn=small_cnn(1)
+        ),
+        actor_critic=ActorCriticConfig(burn_in_length=2, imagination_horizon=3, lstm_dim=16,
+                                       frame_encoder=small_cnn(2)),
+    ).with_num_actions(5)  # fmt: skip
+
+
+def make_batch(batch_size: int, length: int, num_actions: int = 5) -> Batch:
+    mask = torch.ones(batch_size, length, dtype=torch.bool)
+    mask[0, :2] = False  # left padding: all-zero frames
+    obs = torch.randint(0, 256, (batch_size, length, 3, 64, 64), dtype=torch.uint8)
+    obs[~mask] = 0
+    return Batch(
+        obs=obs,
+        act=torch.randint(0, num_actions, (batch_size, length)),
+        rew=torch.randn(batch_size, length).round(),
+        end=torch.zeros(batch_size, length, dtype=torch.long),
+        mask_padding=mask,
+        segment_ids=[SegmentId(i, 0, length) for i in range(batch_size)],
+    )
+
+
+def component_losses(
+    agent: Agent, name: str, batch: Batch, frozen: Agent | None = None, seed: int = 3
+) -> dict[str, Tensor]:
+    """Loss terms of one component and the gradients of their sum, by parameter name.
+
+    The frozen models come from ``frozen`` when given (by default from ``agent``).
+    """
+    agent.zero_grad(set_to_none=True)
+    frozen = agent if frozen is None else frozen
+    deps: dict[str, nn.Module] = {}
+    if name != "tokenizer":
+        deps["tokenizer"] = frozen.tokenizer.eval()
+    if name == "actor_critic":
+        deps["world_model"] = frozen.world_model.eval()
+    component = getattr(agent, name).train()
+    torch.manual_seed(seed)
+    losses, _ = component.compute_loss(batch, **deps)
+    torch.stack([v.float() for v in losses.values()]).sum().backward()
+    grads = {f"grad/{k}": p.grad.clone() for k, p in component.named_parameters() if p.grad is not None}
+    return {**{k: v.detach() for k, v in losses.items()}, **grads}
+
+
+BATCHES = {"tokenizer": (2, 6), "world_model": (2, 6), "actor_critic": (2, 3)}
+VARIANTS = {
+    "channels_last": RuntimeConfig(channels_last=True, checkpoint_cnns=False, cpu_kernels=False),
+    "cpu_kernels": RuntimeConfig(channels_last=False, checkpoint_cnns=False, cpu_kernels=True),
+    "checkpoint_cnns": RuntimeConfig(channels_last=False, checkpoint_cnns=True, cpu_kernels=False),
+    "cpu_default": RuntimeConfig(),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("name", list(BATCHES))
+def test_each_optimisation_equals_the_plain_modules(variant: str, name: str) -> None:
+    torch.manual_seed(0)
+    plain = runtime.apply_runtime(Agent(small_config()), OFF, "cpu")
+    optimised = runtime.apply_runtime(copy.deepcopy(plain), VARIANTS[variant], "cpu")
+    batch = make_batch(*BATCHES[name])
+    expected = component_losses(plain, name, batch)
+    # The actor-critic learns from frames that imagination rounded to multiples of 1/255: with
+    # optimised frozen models a rounding difference could flip a pixel, so they are the plain
+    # ones here (their own optimisations are checked by their own losses).
+    actual = component_losses(optimised, name, batch, frozen=plain if name == "actor_critic" else None)
+    assert actual.keys() == expected.keys() and len(expected) > 3
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_checkpointing_under_bf16_autocast_gives_the_plain_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    plain = runtime.apply_runtime(Agent(small_config()), OFF, "cpu")
+    optimised = runtime.apply_runtime(copy.deepcopy(plain), RuntimeConfig(checkpoint_cnns=True), "cpu")
+    batch = make_batch(*BATCHES["tokenizer"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = component_losses(plain, "tokenizer", batch)
+        actual = component_losses(optimised, "tokenizer", batch)
+    for key, value in expected.items():
+        # Same bf16 kernels on the same inputs: only the layout and the sub-pixel form differ.
+        torch.testing.assert_close(actual[key], value, rtol=2e-2, atol=2e-3, msg=key)
+
+
+def test_defaults_per_device() -> None:
+    cpu = runtime.resolve_runtime(RuntimeConfig(), "cpu")
+    assert (cpu.channels_last, cpu.cpu_kernels, cpu.checkpoint_cnns) == (True, True, True)
+    assert not (cpu.tf32 or cpu.fused_adam or cpu.compile)
+    cuda = runtime.resolve_runtime(RuntimeConfig(), "cuda")
+    assert (cuda.channels_last, cuda.tf32, cuda.fused_adam) == (True, True, True)
+    assert not (cuda.cpu_kernels or cuda.checkpoint_cnns or cuda.compile)
+    assert runtime.resolve_runtime(RuntimeConfig(tf32=False, compile=True), "cuda:1").tf32 is False
+    assert runtime.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="cpu_kernels"):
+        runtime.resolve_runtime(RuntimeConfig(cpu_kernels=True), "cuda")
+    assert runtime.optimizer_options(RuntimeConfig(), "cuda") == {"fused": True}
+    assert runtime.optimizer_options(RuntimeConfig(fused_adam=False), "cuda") == {}
+    assert runtime.optimizer_options(RuntimeConfig(), "cpu") == {}
+
+
+def test_the_agent_keeps_its_parameters_names_and_weight_decay_groups() -> None:
+    agent = Agent(small_config())
+    before = {name: (id(p), p.clone()) for name, p in agent.state_dict(keep_vars=True).items()}
+    groups = {name: sorted(split_weight_decay(getattr(agent, name)).decay) for name in BATCHES}
+    assert runtime.apply_runtime(agent, RuntimeConfig(), "cpu") is agent
+    after = agent.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    for name, tensor in after.items():
+        assert id(tensor) == before[name][0] and torch.equal(tensor, before[name][1]), name
+    assert groups == {name: sorted(split_weight_decay(getattr(agent, name)).decay) for name in BATCHES}
+    kinds = {type(m).__name__ for m in agent.modules()}
+    assert {"ContiguousGroupNorm", "CheckpointedResidualBlock", "CheckpointedSubPixelUpsample"} <= kinds
+    assert "LayerNorm" in kinds  # the transformer's norms are untouched
+    conv = agent.world_model.frame_cnn.layers[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- CPU kernels against float64 oracles --------------------------------------------------------
+
+
+def test_group_norm_of_channels_last_maps_is_as_accurate_as_the_contiguous_kernel() -> None:
+    """Groups whose mean is 30× their spread: torch's channels-last CPU kernel loses ~3 digits."""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(4, 16)
+    x = 30.0 + torch.randn(2, 16, 32, 32)
+    oracle = F.group_norm(x.double(), 4)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    contiguous_error = (norm(x).double() - oracle).abs().max()
+    assert (norm(channels_last).double() - oracle).abs().max() > 100 * contiguous_error  # the bug
+    swapped = copy.deepcopy(norm)
+    runtime.swap_group_norms(swapped)
+    out = swapped(channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, norm(x))
+
+
+def test_cnn_features_of_flat_and_padding_frames_are_as_accurate_as_the_contiguous_layout() -> None:
+    """The tokenizer's context CNN at the paper's widths on all-zero (padding) and near-flat frames."""
+    torch.manual_seed(0)
+    encoder = FrameEncoder(IrisConfig().tokenizer.frame_cnn, 3)
+    frames = torch.cat([torch.zeros(1, 3, 64, 64), 0.6 + 0.01 * torch.rand(2, 3, 64, 64)])
+    oracle = copy.deepcopy(encoder).double()(frames.double())
+
+    def error(config: RuntimeConfig | None) -> Tensor:
+        cnn = copy.deepcopy(encoder)
+        if config is None:  # torch's own channels-last kernels
+            cnn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        else:
+            runtime.optimise_cnn(cnn, runtime.resolve_runtime(config, "cpu"))
+        return (cnn(frames).double() - oracle).abs().amax(dim=(1, 2, 3))
+
+    contiguous = error(OFF)
+    for layout in (True, False):
+        optimised = error(RuntimeConfig(channels_last=layout))
+        assert torch.all(optimised <= 3 * contiguous + 2e-6), (layout, optimised, contiguous)
+    assert torch.all(error(None) > 5 * contiguous)  # the test sees the imprecision of torch's kernel
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sub_pixel_upsample_equals_upsampling_then_convolving(channels_last: bool) -> None:
+    """float64, a non-square map: every output phase, the zero-padded borders and all gradients."""
+    torch.manual_seed(0)
+    plain = Upsample(3).double()
+    nn.init.normal_(plain.conv.bias)
+    swapped = copy.deepcopy(plain)
+    swapped.__class__ = runtime.SubPixelUpsample
+    x = torch.randn(2, 3, 4, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        swapped.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def output_and_grads(module: nn.Module) -> list[Tensor]:
+        inp = x.detach().requires_grad_()
+        out = module(inp)
+        (out * torch.arange(out.numel(), dtype=out.dtype).view(out.shape).sin()).sum().backward()
+        return [out, inp.grad, *(p.grad for p in module.parameters())]  # type: ignore[list-item]
+
+    expected, actual = output_and_grads(plain), output_and_grads(swapped)
+    assert actual[0].shape == (2, 3, 8, 14)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert actual[0].is_contiguous(memory_format=layout)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_sub_pixel_upsample_saves_multiply_adds_only_in_full_precision() -> None:
+    up = Upsample(8)
+    up.__class__ = runtime.SubPixelUpsample
+    x = torch.randn(2, 8, 8, 8)
+
+    def conv_flops() -> int:
+        with FlopCounterMode(display=False) as counter:
+            up(x)
+        return int(counter.get_flop_counts()["Global"][torch.ops.aten.convolution])
+
+    assert conv_flops() == 2 * 2 * (4 * 8) * 8 * 4 * (9 * 9)  # one 2×2 conv, 4 phases, 9×9 positions
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv_flops() == 2 * 2 * 8 * 8 * 9 * (16 * 16)  # 3×3 conv over the upsampled map
+
+
+def saved_bytes(module: nn.Module, x: Tensor) -> int:
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum().backward()
+    return total
+
+
+def test_checkpointed_blocks_keep_only_their_convolution_outputs() -> None:
+    torch.manual_seed(0)
+    block = ResidualBlock(16, 16, 4)
+    x = torch.randn(4, 16, 32, 32, requires_grad=True)
+    plain = saved_bytes(block, x)
+    runtime.checkpoint_cnn(block)
+    assert type(block).__name__ == "CheckpointedResidualBlock"
+    # Plain autograd keeps the input, both GN outputs, both SiLU inputs/outputs and a conv output;
+    # the checkpointed block keeps its input and the two conv outputs.
+    assert saved_bytes(block, x) <= 3 * x.numel() * 4 < plain / 2
+
+
+def test_without_autograd_the_checkpointed_blocks_run_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    block = ResidualBlock(8, 8, 4)
+    x = torch.randn(1, 8, 4, 4)
+    expected = block(x)
+    runtime.checkpoint_cnn(block)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("checkpoint called without autograd")
+
+    monkeypatch.setattr(runtime, "checkpoint", fail)
+    with torch.no_grad():
+        assert torch.equal(block(x), expected)
+    with pytest.raises(AssertionError, match="without autograd"):
+        block(x)
