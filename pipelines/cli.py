@@ -287,13 +287,27 @@ def config_show(overrides: Overrides = None, params_file: ParamsFile = None) -> 
 def config_write(
     overrides: Overrides = None,
     params_file: ParamsFile = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")] = Path("params.yaml"),
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File to write; - for standard output.")
+    ] = "params.yaml",
 ) -> None:
     """Check the configuration and write it as plain values (default: params.yaml)."""
     try:
-        config_loader.write_params(output, overrides=overrides or [], params_file=params_file)
+        text, _ = config_loader.params_text(overrides=overrides or [], params_file=params_file)
     except ConfigError as error:
         raise _fail(error) from None
+    if output == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(output)
+    if target.is_dir():
+        raise _fail_with(f"--output {output} is a folder: give a file name (e.g. {target / 'params.yaml'})")
+    try:
+        from pipelines.atomic import atomic_write_text
+
+        atomic_write_text(target, text)
+    except OSError as error:
+        raise _fail_with(f"cannot write {output}: {error.strerror or error}") from None
     typer.echo(f"wrote {output}")
 
 
