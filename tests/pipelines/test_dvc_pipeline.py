@@ -96,15 +96,14 @@ def test_adding_an_iteration_plans_only_its_stages(
     campaigns: Campaigns, runner: Runner, tmp_path: Path
 ) -> None:
     """`common.epochs=3` adds iteration 3; everything before it stays up to date (the run itself:
-    test_resume.py, and the slow test below)."""
+    test_resume.py's kill test, and the slow test below)."""
     workspace = copy_workspace(campaigns.dvc.workspace, tmp_path / "ws")
     change_params(workspace, "common.epochs=3")
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     assert list(params["loop"]["iterations"]) == ["1", "2", "3"]
     assert list(params["loop"]["evaluations"]) == ["2", "3"]
+    # (`dvc repro --dry` cannot list them: it stops at tokenizer@3, whose manifest does not exist.)
     assert changed_stages(runner, workspace) == campaign_stages([3], [3])
-    dry = runner.dvc(workspace, "repro", "--dry")
-    assert set(ran_stages(dry.stdout)) == campaign_stages([3], [3])
 
 
 @pytest.mark.slow
