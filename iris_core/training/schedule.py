@@ -61,14 +61,12 @@ class Schedule:
         return sum(cfg.steps_in_epoch(e) for e in range(1, first_epoch))
 
     def evaluates(self, iteration: int) -> bool:
-        """Whether ``iteration`` ends with an evaluation: one of its epochs is on the paper's cadence
-        (``epoch % evaluation.every == 0``), or it is the last iteration (so every campaign ends
-        with a scored, promotable agent)."""
+        """Whether ``iteration`` ends with an evaluation: one of its epochs is on the paper's
+        cadence (``epoch % evaluation.every == 0``). Adding iterations never changes which of the
+        earlier ones are evaluated, so their stages stay up to date."""
         evaluation = self.config.evaluation
         if not evaluation.should:
             return False
-        if iteration == self.num_iterations:
-            return True
         return any(e % evaluation.every == 0 for e in self.epochs(iteration))
 
     def evaluated_iterations(self) -> list[int]:

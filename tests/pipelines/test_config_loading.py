@@ -235,3 +235,56 @@ def test_the_workspace_params_yaml_is_up_to_date(tmp_path: Path) -> None:
     fresh = tmp_path / "params.yaml"
     write_params(fresh, params="quickstart")
     assert path.read_text() == fresh.read_text(), "regenerate with: iris config write params=quickstart"
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop section: iterations follow common.epochs, K and the evaluation cadence
+# ---------------------------------------------------------------------------------------------
+
+
+def test_params_text_generates_the_iterations_dvc_reads(tmp_path: Path) -> None:
+    from pipelines.config import load_experiment
+
+    path = tmp_path / "params.yaml"
+    write_params(path, params="quickstart", overrides=["common.epochs=5", "evaluation.every=2"])
+    loop = load_experiment(params_file=path).loop
+    assert list(loop.iterations) == ["1", "2", "3", "4", "5"]
+    assert loop.iterations["3"] == {"prev": "2"}
+    assert loop.evaluations == {"2": {"prev": "1"}, "4": {"prev": "3"}}
+
+    # K = 2: epochs 1-2, 3-4, 5; evaluated where an epoch of the iteration is on the cadence.
+    write_params(path, params_file=path, overrides=["loop.epochs_per_iteration=2"])
+    loop = load_experiment(params_file=path).loop
+    assert list(loop.iterations) == ["1", "2", "3"]
+    assert list(loop.evaluations) == ["1", "2"]
+
+    # Adding epochs regenerates the chain (what adding an iteration means).
+    write_params(path, params_file=path, overrides=["common.epochs=8"])
+    assert list(load_experiment(params_file=path).loop.iterations) == ["1", "2", "3", "4"]
+
+
+def test_stale_iterations_are_refused_with_the_fix(tmp_path: Path) -> None:
+    from pipelines.config import load_experiment
+
+    path = tmp_path / "params.yaml"
+    write_params(path, params="quickstart")
+    text = path.read_text().replace("  epochs: 3\n", "  epochs: 4\n")
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"loop.iterations.*iris config write"):
+        load_experiment(params_file=path)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("loop.epochs_per_iteration=0", "loop.epochs_per_iteration"),
+        ("loop.promotion_confidence=1.5", "loop.promotion_confidence"),
+        ("loop.log_every_step=3", "loop.log_every_step"),
+    ],
+)
+def test_bad_loop_settings_name_the_key(override: str, key: str) -> None:
+    from pipelines.config import load_experiment
+
+    with pytest.raises(ConfigError) as error:
+        load_experiment(params="quickstart", overrides=[override])
+    assert error.value.key == key
