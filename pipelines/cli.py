@@ -24,6 +24,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+DEBUG = False
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of expected errors.")] = False,
+) -> None:
+    global DEBUG
+    DEBUG = debug
+
+
 config_app = typer.Typer(help="Show, check and write the experiment configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
@@ -60,12 +71,18 @@ def _fail_with(message: str) -> typer.Exit:
 
 def _run_flow(workspace: Path, params_yaml: str | None) -> None:
     """The campaign through the Prefect flow (embedded API), stage by stage through DVC."""
+    from pipelines.flows.lock import CampaignRunningError
     from pipelines.flows.stages import StageError as FlowStageError
     from pipelines.flows.train import run_train
 
     try:
         summary = run_train(workspace=str(workspace), params_yaml=params_yaml)
-    except FlowStageError as error:
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: `iris resume --workspace {workspace}` continues the campaign", err=True)
+        raise typer.Exit(130) from None
+    except (FlowStageError, CampaignRunningError) as error:
+        if DEBUG:
+            raise
         raise _fail_with(str(error)) from None
     ran = summary.get("ran", [])
     typer.echo(f"campaign {summary['campaign']}: {len(ran)} stage(s) ran, the rest were up to date")
