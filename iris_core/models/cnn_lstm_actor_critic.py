@@ -82,8 +82,12 @@ class CnnLstmActorCritic(nn.Module):
     def _lstm(self, features: Tensor, state: LstmState) -> LstmState:
         # The recurrent state stays float32 under any autocast: rounding it to bf16 at every step
         # would compound over the burn-in and the horizon.
-        with torch.autocast(features.device.type, enabled=False):
-            hx, cx = self.lstm(features.float(), state)
+        device_type = features.device.type
+        if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                hx, cx = self.lstm(features.float(), state)
+        else:
+            hx, cx = self.lstm(features, state)
         return hx, cx
 
     def step_rows(self, features: Tensor, rows: Tensor) -> ActorCriticOutput:
