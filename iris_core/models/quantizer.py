@@ -28,7 +28,10 @@ class QuantizerOutput:
     tokens: Tensor  # (N, K) long code indices
     commitment_loss: Tensor  # () already weighted by commitment_weight
     codebook_entropy: Tensor  # () bits, of the usage frequencies after this call's update
-    codewords_revived: Tensor  # () number of dead codes replaced in this call (0 outside training)
+    codewords_dead: (
+        Tensor  # () codes found dead in this call, as the reference code logs it (0 outside training)
+    )
+    codewords_revived: Tensor  # () of those, how many were replaced (at most one per vector of the batch)
 
 
 class Quantizer(nn.Module):
@@ -54,11 +57,11 @@ class Quantizer(nn.Module):
         q = self.codebook[tokens]
         commitment_loss = self.config.commitment_weight * (z - q.detach()).pow(2).mean()
         if self.training:
-            codewords_revived = self.update_codebook(z.detach().flatten(0, 1).float(), tokens.flatten())
+            dead, revived = self.update_codebook(z.detach().flatten(0, 1).float(), tokens.flatten())
         else:
-            codewords_revived = torch.zeros((), dtype=torch.long, device=z.device)
+            dead = revived = torch.zeros((), dtype=torch.long, device=z.device)
         q = z + (q - z).detach()
-        return QuantizerOutput(z, q, tokens, commitment_loss, self.codebook_entropy(), codewords_revived)
+        return QuantizerOutput(z, q, tokens, commitment_loss, self.codebook_entropy(), dead, revived)
 
     def codebook_entropy(self) -> Tensor:
         """Entropy in bits of the usage frequencies (0·log 0 counts as 0)."""
@@ -66,10 +69,10 @@ class Quantizer(nn.Module):
         return -torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p)).sum()
 
     @torch.no_grad()
-    def update_codebook(self, z: Tensor, tokens: Tensor) -> Tensor:
+    def update_codebook(self, z: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """EMA update, usage tracking and dead-code revival from ``z`` ``(M, D)``, ``tokens`` ``(M,)``.
 
-        Returns the number of revived codes.
+        Returns the number of dead codes and the number of them revived (at most M).
         """
         cfg = self.config
         size, num_vectors = cfg.codebook_size, z.size(0)
@@ -105,7 +108,7 @@ class Quantizer(nn.Module):
 
         self.codebook.copy_(F.normalize(codebook, dim=-1))
         self.num_codebook_updates += 1
-        return revived.sum()
+        return dead.sum(), revived.sum()
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """``(N, K)`` code indices → ``(N, K, codebook_dim)`` codebook rows."""

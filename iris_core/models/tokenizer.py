@@ -36,7 +36,8 @@ class TokenizerEncoding:
     q: Tensor  # (N, K, codebook_dim) straight-through quantised vectors
     commitment_loss: Tensor  # () weighted, over every transition (padding included)
     codebook_entropy: Tensor  # () bits
-    codewords_revived: Tensor  # () long
+    codewords_dead: Tensor  # () long, dead codes found by this call's codebook update
+    codewords_revived: Tensor  # () long, of which replaced
 
 
 class Tokenizer(nn.Module):
@@ -77,7 +78,12 @@ class Tokenizer(nn.Module):
         latent_map = self.encoder(torch.cat((obs_prev, act_plane, obs_next), dim=1))
         out: QuantizerOutput = self.quantizer(self.to_patches(latent_map))
         return TokenizerEncoding(
-            out.tokens, out.q, out.commitment_loss, out.codebook_entropy, out.codewords_revived
+            out.tokens,
+            out.q,
+            out.commitment_loss,
+            out.codebook_entropy,
+            out.codewords_dead,
+            out.codewords_revived,
         )
 
     def decode(self, obs_prev: Tensor, act: Tensor, q: Tensor, should_clamp: bool) -> Tensor:
@@ -145,6 +151,7 @@ class Tokenizer(nn.Module):
         }
         metrics = {
             "codebook_entropy": encoding.codebook_entropy,
+            "codewords_dead": encoding.codewords_dead,  # what the reference code logs as revived
             "codewords_revived": encoding.codewords_revived,
         }
         assert delta.size(0) == b * (t - 1)

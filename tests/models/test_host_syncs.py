@@ -33,7 +33,9 @@ def test_a_training_step_reads_nothing_back(name: str) -> None:
     with OpCounter() as counter:
         loss = training_step(agent, name, batch, optimizer)
     assert counter.syncs == []
-    fused = counter.ops[torch.ops.aten._fused_adam_.default] + counter.ops[torch.ops.aten._fused_adamw_.default]
+    fused = (
+        counter.ops[torch.ops.aten._fused_adam_.default] + counter.ops[torch.ops.aten._fused_adamw_.default]
+    )
     assert fused >= 1 and torch.isfinite(loss)
 
 

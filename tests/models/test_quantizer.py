@@ -34,7 +34,7 @@ def test_codebook_changes_only_in_training_mode(make_tokenizer_config: MakeConfi
     out = quantizer(patches)
     for key, value in quantizer.state_dict().items():
         assert torch.equal(value, state[key]), f"{key} changed in eval mode"
-    assert out.codewords_revived == 0
+    assert out.codewords_revived == 0 and out.codewords_dead == 0
     quantizer.train()
     quantizer(patches)
     assert not torch.equal(quantizer.codebook, state["codebook"])
@@ -125,18 +125,20 @@ def test_revival_conditions(
     z = F.normalize(torch.randn(num_vectors, config.codebook_dim), dim=-1)
     tokens = torch.zeros(num_vectors, dtype=torch.long)  # every vector on a live code
     before = quantizer.codebook.clone()
-    revived = int(quantizer.update_codebook(z, tokens))
+    num_dead, num_revived = quantizer.update_codebook(z, tokens)
+    revived = int(num_revived)
 
     after_freqs = config.usage_ema_decay * freqs
     after_freqs[0] += 1 - config.usage_ema_decay
     entropy = _entropy_bits(after_freqs)
     dead = (after_freqs < 1 / (config.dead_code_factor * size)).nonzero().flatten()
     if not should_revive:
-        assert revived == 0
+        assert revived == 0 and int(num_dead) == 0
         torch.testing.assert_close(quantizer.codewords_freqs, after_freqs)
         return
     assert entropy < 4.0 and len(dead) > 0
     assert revived == min(len(dead), num_vectors)
+    assert int(num_dead) == len(dead)  # counted before the cut to the batch, as the reference code logs it
     reset = (quantizer.codewords_freqs == 1 / size).nonzero().flatten()
     assert len(reset) == revived and set(reset.tolist()) <= set(dead.tolist())
     # Each revived code is a distinct vector of the batch; other dead codes keep their direction.
@@ -156,8 +158,8 @@ def test_all_dead_codes_revive_when_the_batch_is_large_enough(make_tokenizer_con
     freqs[0] = 1.0
     quantizer.codewords_freqs.copy_(freqs)
     z = F.normalize(torch.randn(200, config.codebook_dim), dim=-1)
-    revived = quantizer.update_codebook(z, torch.zeros(200, dtype=torch.long))
-    assert int(revived) == 63
+    dead, revived = quantizer.update_codebook(z, torch.zeros(200, dtype=torch.long))
+    assert int(revived) == int(dead) == 63
     assert math.isclose(
         float(quantizer.codebook_entropy()), _entropy_bits(quantizer.codewords_freqs), rel_tol=1e-5
     )

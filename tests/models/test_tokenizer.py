@@ -110,7 +110,7 @@ def test_loss_masks_match_a_loop_oracle(make_tokenizer_config: MakeConfig) -> No
     assert losses.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(losses[key], value, rtol=1e-4, atol=1e-6, msg=key)
-    assert set(metrics) == {"codebook_entropy", "codewords_revived"}
+    assert set(metrics) == {"codebook_entropy", "codewords_dead", "codewords_revived"}
 
 
 def test_padded_frames_only_reach_the_commitment_term(make_tokenizer_config: MakeConfig) -> None:
