@@ -79,3 +79,43 @@ def dream(
     video, png = render(result, out or workspace / "views", fps=fps, stem=f"dream-{loaded.tag}")
     typer.echo(f"{loaded.source}: {segments} segments, {result.context} real frames then {horizon} dreamed")
     typer.echo(f"video: {video}\nstrip: {png}")
+
+
+def report(
+    workspace: WorkspaceOption = Path("."),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: <workspace>/views/report).")
+    ] = None,
+    with_dream: Annotated[
+        bool, typer.Option("--dream/--no-dream", help="Include a dream strip of the latest agent.")
+    ] = True,
+    device: DeviceOption = "auto",
+) -> None:
+    """Write the campaign's report: learning curves, evaluation returns with confidence intervals,
+    Crafter achievements or Atari scores, the registry history, reconstructions and a dream."""
+    import tempfile
+
+    from pipelines.storage import StoreError, ZarrEpisodeDataset
+    from pipelines.viewer.dream import dream as run_dream
+    from pipelines.viewer.dream import render
+    from pipelines.viewer.models import ModelNotFoundError, load_agent
+    from pipelines.viewer.report import write_report
+
+    if not (workspace / "params.yaml").is_file():
+        raise _fail(f"{workspace} is not a workspace (no params.yaml)")
+    out = out or workspace / "views" / "report"
+    with tempfile.TemporaryDirectory() as scratch:
+        dream_png = None
+        manifest = _latest_manifest(workspace)
+        if with_dream and manifest is not None:
+            try:
+                loaded = load_agent(workspace, device=device)
+                dataset = ZarrEpisodeDataset.from_manifest(
+                    str(workspace / "data" / "manifests" / f"{manifest}.json")
+                )
+                result = run_dream(loaded.agent, dataset, num_segments=2, horizon=8)
+                _, dream_png = render(result, Path(scratch), stem="dream")
+            except (ModelNotFoundError, StoreError, ValueError) as error:
+                typer.echo(f"no dream in the report: {error}", err=True)
+        html_path, md_path = write_report(workspace, out, dream_png)
+    typer.echo(f"HTML: {html_path}\nMarkdown: {md_path}")

@@ -106,8 +106,9 @@ def test_world_model_env_rebuilds_its_context_when_the_cache_is_full(
     act = torch.from_numpy(segment.act[None]).long()
     env = WorldModelEnv(agent.tokenizer, agent.world_model, context_frames=max_blocks)
     assert env.context_frames == max_blocks - 1  # at least one step always fits
-    env.reset(obs[:, :3], act[:, :2])
-    for _ in range(3 * max_blocks):
+    # A full context leaves room for two steps before each rebuild.
+    env.reset(obs[:, : max_blocks - 1], act[:, : max_blocks - 2])
+    for _ in range(6):
         step = env.step(torch.tensor([1]))
         assert step.obs.shape == (1, 3, 64, 64) and torch.isfinite(step.rew).all()
     assert env.num_rebuilds >= 2
