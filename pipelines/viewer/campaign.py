@@ -45,7 +45,7 @@ def learning_curves(workspace: Path) -> dict[str, pd.DataFrame]:
 
 
 def bootstrap_ci(
-    values: Sequence[float], confidence: float = 0.95, num_resamples: int = 2000, seed: int = 0
+    values: Sequence[float] | np.ndarray, confidence: float = 0.95, num_resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (a point when every value is the same)."""
     x = np.asarray(values, dtype=np.float64)
