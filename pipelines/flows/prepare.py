@@ -133,7 +133,8 @@ def prepare_workspace(
         _run(path, "git", "init", "--quiet")
     if not (path / ".dvc").exists():
         _run(path, *dvc("init", "--quiet"))
-        _run(path, *dvc("config", "core.analytics", "false"))
+        # What `dvc config core.analytics false` writes into the fresh, empty config (one DVC start less).
+        (path / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
         created = True
 
     params_file, dvc_file = path / "params.yaml", path / "dvc.yaml"

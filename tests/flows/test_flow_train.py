@@ -124,3 +124,22 @@ def test_the_workspace_lock_refuses_a_second_concurrent_flow(tmp_path: Path, toy
         thread.join(timeout=120)
     assert first["ran"][-1] == "actor_critic@1"
     assert runs(workspace).count("collect@1") == 1
+
+
+def test_a_stage_missing_from_dvc_yaml_fails_the_flow_before_any_stage_runs(
+    tmp_path: Path, toy_dvc_yaml: Path
+) -> None:
+    pipeline = yaml.safe_load(toy_dvc_yaml.read_text())
+    del pipeline["stages"]["promote"]
+    without_promote = tmp_path / "dvc.yaml"
+    without_promote.write_text(yaml.safe_dump(pipeline))
+    workspace = tmp_path / "incomplete"
+
+    with pytest.raises(ValueError, match=r"no stages \['promote@1'\]"):
+        train(
+            workspace=str(workspace),
+            params_yaml=params_yaml(iterations=1, evaluations=[1]),
+            dvc_yaml=str(without_promote),
+        )
+
+    assert runs(workspace) == []
