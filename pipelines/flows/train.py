@@ -113,6 +113,8 @@ def train(
         `{"workspace", "campaign", "saved_experiment", "stages": [{"stage", "ran", "seconds"}],
         "ran": [stage, ...], "iterations": {i: {"artifact", "promotion"}}, "progress_artifact"}`.
     """
+    if retries < 0 or retry_delay_seconds < 0:
+        raise ValueError(f"retries ({retries}) and retry_delay_seconds ({retry_delay_seconds}) must be >= 0")
     logger = get_run_logger()
     root = Path(workspace).resolve()
     name = campaign or root.name
