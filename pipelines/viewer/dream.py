@@ -57,15 +57,15 @@ class Dream:
     action_names: list[str]
 
 
-def action_names(env_kind: str, num_actions: int) -> list[str]:
-    """Crafter's action names (from the crafter package); ``a<k>`` otherwise."""
+def action_names(env_kind: str, num_actions: int | None) -> list[str]:
+    """Crafter's action names (from the crafter package); ``a<k>`` otherwise (18: Atari's full set)."""
     if env_kind == "crafter":
         import crafter
 
         names = list(crafter.constants.actions)
-        if len(names) == num_actions:
+        if num_actions is None or len(names) == num_actions:
             return names
-    return [f"a{k}" for k in range(num_actions)]
+    return [f"a{k}" for k in range(num_actions or 18)]
 
 
 def pick_segments(
