@@ -138,3 +138,27 @@ def test_window_without_pygame_says_what_to_install(workspace: Path, monkeypatch
     app.command()(play)
     run = CliRunner().invoke(app, ["--workspace", str(workspace), "-e"])
     assert run.exit_code == 2 and PYGAME_MISSING in run.output
+
+
+def test_window_loop_with_scripted_keys(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pygame loop on SDL's dummy display: keys are fed as events, a segment is recorded."""
+    pygame = pytest.importorskip("pygame", reason="the window needs the gui extra")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    script = [[], ["right"], ["right"], [","], ["right"], ["down"], [","], ["."], ["n"], ["h"], ["escape"]]
+    real_get = pygame.event.get
+
+    def scripted_events() -> list[object]:
+        real_get()
+        keys = script.pop(0) if script else ["escape"]
+        return [pygame.event.Event(pygame.KEYDOWN, key=pygame.key.key_code(k)) for k in keys]
+
+    monkeypatch.setattr(pygame.event, "get", scripted_events)
+    dataset = ZarrEpisodeDataset.from_manifest(str(workspace / "data" / "manifests" / "2.json"))
+    mode = ReplayMode(dataset)
+    run_window(mode, CRAFTER, "crafter", human=False, scale=2, fps=100, show_header=True,
+               recordings=tmp_path, save_episodes=False)  # fmt: skip
+    assert mode.episode_id == 1 and mode.t == 0  # moved 3 frames, then "down" switched episode
+    [segment] = tmp_path.glob("segment-*.mp4")
+    assert count_video_frames(segment) == 3  # the ticks between the two "," presses
