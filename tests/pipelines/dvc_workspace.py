@@ -32,14 +32,14 @@ from pipelines.workspace import Workspace
 
 PROJECT = Path(__file__).resolve().parents[2]
 
-# A tiny Crafter campaign: 2 iterations of K = 1 epoch, evaluated at the last one. The tokenizer
+# A tiny Crafter campaign: 2 iterations of K = 1 epoch, each evaluated and gated. The tokenizer
 # takes 4 steps in iteration 1 and every step is a logged chunk followed by a mid-stage checkpoint,
 # so a training stage has a middle to kill in.
 TINY = [
     "params=quickstart",
     "common.epochs=2",
     "common.device=cpu",
-    "evaluation.every=2",
+    "evaluation.every=1",
     "collection.train.num_envs=2",
     "collection.train.num_steps_first_epoch=120",
     "collection.train.num_steps=60",

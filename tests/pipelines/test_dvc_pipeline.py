@@ -44,7 +44,7 @@ def change_params(workspace: Path, *overrides: str) -> None:
 
 def test_repro_runs_every_stage_once_in_dependency_order(campaigns: Campaigns) -> None:
     stages = campaigns.dvc.stages
-    expected = {"init"} | campaign_stages([1, 2], [2])
+    expected = {"init"} | campaign_stages([1, 2], [1, 2])
     assert sorted(stages) == sorted(expected)  # each exactly once
     position = {name: n for n, name in enumerate(stages)}
     assert stages[0] == "init"
@@ -86,7 +86,7 @@ def test_metrics_plots_dag_and_params_diff(campaigns: Campaigns, runner: Runner)
         assert f"plots/{component}/1.tsv" in plots.stdout
     assert "loss_total" in plots.stdout
     dag = runner.dvc(workspace, "dag").stdout
-    for stage in {"init"} | campaign_stages([1, 2], [2]):
+    for stage in {"init"} | campaign_stages([1, 2], [1, 2]):
         assert stage in dag, stage
     # Nothing changed since the commit: an empty diff; then one changed key shows.
     assert runner.dvc(workspace, "params", "diff").stdout.strip() == ""
@@ -101,7 +101,7 @@ def test_adding_an_iteration_plans_only_its_stages(
     change_params(workspace, "common.epochs=3")
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     assert list(params["loop"]["iterations"]) == ["1", "2", "3"]
-    assert list(params["loop"]["evaluations"]) == ["2", "3"]
+    assert list(params["loop"]["evaluations"]) == ["1", "2", "3"]
     # (`dvc repro --dry` cannot list them: it stops at tokenizer@3, whose manifest does not exist.)
     assert changed_stages(runner, workspace) == campaign_stages([3], [3])
 
@@ -121,24 +121,26 @@ def test_each_stage_is_invalidated_by_the_params_it_reads_only(
     campaigns: Campaigns, runner: Runner, tmp_path: Path
 ) -> None:
     workspace = copy_workspace(campaigns.dvc.workspace, tmp_path / "ws")
-    evaluated = campaign_stages([], [2])
+    evaluated = campaign_stages([], [1, 2])
     cases = {
-        # a training count of one component: that component's stages (and init, which lists the
-        # whole training section for the samplers it creates: it re-runs, writing the same files)
-        "training.world_model.steps_per_epoch=2": {"init", "world_model@1", "world_model@2"},
-        "training.actor_critic.steps_per_epoch=2": {"init", "actor_critic@1", "actor_critic@2"},
-        "training.tokenizer.steps_per_epoch=3": {"init", "tokenizer@1", "tokenizer@2"},
+        # a training count of one component: that component's stages only
+        "training.world_model.steps_per_epoch=2": {"world_model@1", "world_model@2"},
+        "training.actor_critic.steps_per_epoch=2": {"actor_critic@1", "actor_critic@2"},
+        "training.tokenizer.steps_per_epoch=3": {"tokenizer@1", "tokenizer@2"},
+        # a sampler setting: init creates the samplers (it re-runs) and the component trains
+        "training.tokenizer.priority_alpha=4": {"init", "tokenizer@1", "tokenizer@2"},
         # the world model's segments: the tokenizer and actor-critic read them too (by design)
         "training.world_model.sequence_length=9": {
             "init",
             *(f"{c}@{i}" for c in COMPONENTS for i in (1, 2)),
+            "evaluate@1",
             "evaluate@2",
         },
         # the training envs' step counts: collection only
         "collection.train.num_steps=61": {"collect@1", "collect@2"},
         # the test episodes: evaluation and the promotion replays
         "collection.test.num_episodes=3": evaluated,
-        "loop.promotion_confidence=0.9": {"promote@2"},
+        "loop.promotion_confidence=0.9": {"promote@1", "promote@2"},
         # where mid-stage checkpoints are taken changes no result: no stage
         "loop.checkpoint_every_seconds=60": set(),
     }
@@ -175,7 +177,7 @@ def test_a_world_model_hyperparameter_full_rerun(
     change_params(workspace, "world_model.transformer.num_layers=1")
     result = runner.dvc(workspace, "repro")
     ran = set(ran_stages(result.stdout))
-    assert ran == {"init"} | campaign_stages([1, 2], [2]) - {"collect@1", "tokenizer@1"}
+    assert ran == {"init"} | campaign_stages([1, 2], [1, 2]) - {"collect@1", "tokenizer@1"}
 
 
 def test_an_experiment_runs_and_is_listed(campaigns: Campaigns, runner: Runner, tmp_path: Path) -> None:

@@ -64,8 +64,8 @@ def test_dvc_campaign_equals_the_in_process_loop(campaigns: Campaigns) -> None:
     staged, reference = campaigns.dvc.workspace, campaigns.reference
     for iteration in (1, 2):
         assert_same_iteration(staged, reference, iteration)
-    assert evaluation_evidence(staged, 2) == evaluation_evidence(reference, 2)
-    assert promotion_outcome(staged, 2) == promotion_outcome(reference, 2)
+        assert evaluation_evidence(staged, iteration) == evaluation_evidence(reference, iteration)
+        assert promotion_outcome(staged, iteration) == promotion_outcome(reference, iteration)
 
 
 def kill_and_resume(
@@ -151,7 +151,9 @@ def test_a_killed_training_stage_continues_from_its_mid_stage_checkpoint(
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     assert not (workspace / "state" / "tokenizer" / "1.pt").exists()  # DVC removed the output
     assert len(list((workspace / ".iris" / "partial" / "tokenizer@1").glob("*.pt"))) == 1
-    resumed = runner.dvc(workspace, "repro")
+    # Without the run-cache: DVC would otherwise restore the stage's earlier result (the same
+    # bits) from its cache instead of running it, and the mid-stage checkpoint would go unused.
+    resumed = runner.dvc(workspace, "repro", "--no-run-cache")
     output = resumed.stdout + resumed.stderr
     assert ran_stages(output) == ["tokenizer@1"]  # same bits as in dvc.lock: downstream is up to date
     assert "tokenizer@1: continuing from step 2 (mid-stage checkpoint)" in output
@@ -177,7 +179,7 @@ def test_a_campaign_killed_five_times_from_scratch(
         "collect@2:store_committed",
         "promote@2:registered",
     ]
-    runs, output = kill_and_resume(runner, workspace, kills, {"init"} | campaign_stages([1, 2], [2]))
+    runs, output = kill_and_resume(runner, workspace, kills, {"init"} | campaign_stages([1, 2], [1, 2]))
     assert runs[0] == ["init", "collect@1"]
     assert "tokenizer@1: continuing from step 2 (mid-stage checkpoint)" in output
     assert "world_model@1: continuing from step 1 (mid-stage checkpoint)" in output
