@@ -72,6 +72,7 @@ def _fail_with(message: str) -> typer.Exit:
 def _run_flow(workspace: Path, params_yaml: str | None) -> None:
     """The campaign through the Prefect flow (embedded API), stage by stage through DVC."""
     from pipelines.flows.lock import CampaignRunningError
+    from pipelines.flows.prepare import WorkspaceError
     from pipelines.flows.stages import StageError as FlowStageError
     from pipelines.flows.train import run_train
 
@@ -80,7 +81,7 @@ def _run_flow(workspace: Path, params_yaml: str | None) -> None:
     except KeyboardInterrupt:
         typer.echo(f"interrupted: `iris resume --workspace {workspace}` continues the campaign", err=True)
         raise typer.Exit(130) from None
-    except (FlowStageError, CampaignRunningError) as error:
+    except (FlowStageError, CampaignRunningError, WorkspaceError) as error:
         if DEBUG:
             raise
         raise _fail_with(str(error)) from None

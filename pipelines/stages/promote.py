@@ -43,6 +43,30 @@ def _champion_returns(ctx: StageContext, model_uri: str, env_seed: int, iteratio
     return [m.episode_return for m in episodes]
 
 
+def _mlflow_links(ctx: StageContext, campaign: str, iteration: int, run_id: str) -> dict[str, Any]:
+    """Where this iteration's runs are, for reports and the flow's artifacts."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    root = ctx.workspace.root
+    experiment_id = tracking.configure(root)
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`iris.campaign` = '{campaign}' and tags.`iris.iteration` = '{iteration}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+    run_ids = {f"{r.data.tags['iris.stage']}@{iteration}": r.info.run_id for r in runs}
+    return {
+        "tracking_uri": tracking.tracking_uri(root),
+        "experiment_id": experiment_id,
+        "parent_run_id": tracking.campaign_run_id(root, campaign),
+        "run_id": run_id,
+        "run_ids": run_ids,
+    }
+
+
 def run_promote(ctx: StageContext, iteration: int, run_id: str | None) -> StageResult:
     from pipelines import tracking
     from pipelines.stages.tracking import campaign_identity, registered_model_name
@@ -117,7 +141,7 @@ def run_promote(ctx: StageContext, iteration: int, run_id: str | None) -> StageR
         "evidence": {k: v for k, v in decision.items() if k not in ("promote", "reason")},
         "challenger_returns": returns,
         "champion_returns": champion_returns,
-        "mlflow": {"tracking_uri": tracking.tracking_uri(ws.root), "run_id": run_id},
+        "mlflow": _mlflow_links(ctx, campaign, iteration, run_id),
     }
     write_json(ws.promotion(iteration), outcome)
     metrics = {"promotion/promoted": float(decision["promote"]), "promotion/version": float(version)}
