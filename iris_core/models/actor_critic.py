@@ -1,4 +1,4 @@
-"""The actor-critic: an online CNN-LSTM trained in imagination, and its Polyak target (spec §5).
+"""The actor-critic: an online CNN-LSTM trained in imagination, and its Polyak target (docs/models.md §4).
 
 Glossary (H = ``imagination_horizon``): ``obs`` frames float in [0, 1]; ``act`` actions;
 ``rew`` imagined rewards (B, H); ``end`` imagined terminations (B, H); ``values`` target-network
@@ -31,7 +31,7 @@ from iris_core.rl.twohot import bucket_expectation, symexp, symlog, two_hot
 
 @contextmanager
 def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Imagination uses the frozen models in eval mode (no codebook update, spec §10.4)."""
+    """Imagination uses the frozen models in eval mode (no codebook update, docs/models.md §2)."""
     modes = [m.training for m in modules]
     try:
         for m in modules:
@@ -86,9 +86,9 @@ class ActorCritic(nn.Module):
     ) -> Tensor:
         """``(N, C, H, W)`` current frames → ``(N,)`` long actions; the LSTM state carries over.
 
-        Sampled at ``temperature`` when ``should_sample`` (the test policy samples too, spec
-        §10.17), else greedy. ``rows``: the streams these frames belong to, when only some act
-        (the others keep their state); None: all of them.
+        Sampled at ``temperature`` when ``should_sample`` (the test policy samples too, as the
+        reference code does), else greedy. ``rows``: the streams these frames belong to, when only
+        some act (the others keep their state); None: all of them.
         """
         assert temperature > 0, f"temperature must be > 0, got {temperature}"
         if rows is None:
@@ -103,7 +103,7 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def update_target(self) -> None:
-        """Polyak averaging: target ← τ·target + (1−τ)·online (spec §5, τ = ``target_tau``)."""
+        """Polyak averaging: target ← τ·target + (1−τ)·online (docs/models.md §4, τ = ``target_tau``)."""
         target = [*self.target_model.parameters(), *self.target_model.buffers()]
         online = [*self.model.parameters(), *self.model.buffers()]
         torch._foreach_lerp_(target, online, 1.0 - self.config.target_tau)
@@ -132,13 +132,13 @@ class ActorCritic(nn.Module):
         assert t == cfg.burn_in_length + 1, f"expected segments of {cfg.burn_in_length + 1} frames, got {t}"
         obs = batch.obs_float()
 
-        # Burn-in on the real frames, without gradients (paper §2.3; both networks).
+        # Burn-in on the real frames, without gradients (docs/models.md §4; both networks).
         self.reset(b)
         self.model.burn_in(obs[:, :-1])
         self.target_model.burn_in(obs[:, :-1])
         burnt_in_state = self.model.state
 
-        # Rollout in the frozen world model: a pure no-grad pass (paper §2.3).
+        # Rollout in the frozen world model: a pure no-grad pass (docs/models.md §4).
         with _eval_mode(tokenizer, world_model):
             rollout = self.imagine(
                 tokenizer,
@@ -159,7 +159,7 @@ class ActorCritic(nn.Module):
         logits_act, value_out = online.logits_act, online.value_out  # (B, H, A), (B, H, K)
 
         # λ-returns from the target network's values of the H visited frames and the bootstrap
-        # value of the final frame (paper §2.3, eq. for Λ_t).
+        # value of the final frame (docs/models.md §4).
         with torch.no_grad():
             target_values = self.values_from_output(self.target_model.unroll(rollout.obs).value_out)
             values, bootstrap = target_values[:, :-1], target_values[:, -1]

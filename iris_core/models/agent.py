@@ -1,8 +1,8 @@
-"""The agent: the three learned components of Δ-IRIS in one module (spec §1 ``agent.py``, §8).
+"""The agent: the three learned components of Δ-IRIS in one module.
 
 Its ``state_dict`` is the checkpointed agent: the tokenizer (with its EMA codebook buffers), the
 world model, and the actor-critic with its Polyak target network. Recurrent state of the LSTMs
-is not part of it (it is not restored on resume, spec §8).
+is not part of it (it is not restored on resume).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Agent(nn.Module):
     def load_components(
         self, state_dict: Mapping[str, Tensor], components: Iterable[str] = COMPONENTS
     ) -> None:
-        """Restore only ``components`` from a whole-agent state dict (warm starts, spec §8).
+        """Restore only ``components`` from a whole-agent state dict (warm starts).
 
         Each named component must be complete in ``state_dict`` (strict loading).
         """

@@ -1,4 +1,4 @@
-"""The policy/value network: frame CNN → LSTMCell → actor and critic heads (spec §5 "Network").
+"""The policy/value network: frame CNN → LSTMCell → actor and critic heads (docs/models.md §4).
 
 It reads pixels only (real frames in the environment, decoded frames in imagination), one frame
 per call, and keeps its recurrent state ``(hx, cx)`` inside the module: ``reset(n)`` zeroes it for
@@ -128,5 +128,5 @@ class CnnLstmActorCritic(nn.Module):
 
     @torch.no_grad()
     def burn_in(self, obs: Tensor) -> None:
-        """Advance the state over ``(N, T, C, H, W)`` real frames, without gradients (spec §5)."""
+        """Advance the state over ``(N, T, C, H, W)`` real frames, without gradients."""
         self.unroll(obs)

@@ -1,4 +1,4 @@
-"""Residual CNNs that every image network of Δ-IRIS is built from (paper §2.1, Appendix A).
+"""Residual CNNs that every image network of Δ-IRIS is built from (docs/models.md §1).
 
 ``FrameEncoder`` maps frames to an 8×8 latent map, ``FrameDecoder`` maps such a map back to
 frames. Both follow one ``FrameCnnConfig``: base width ``num_channels``, per-stage width

@@ -1,4 +1,4 @@
-"""Weight initialisation shared by the tokenizer and the world model (spec §3, §4).
+"""Weight initialisation shared by the tokenizer and the world model.
 
 The reference initialises every ``Linear`` and ``Embedding`` weight from N(0, 0.02²) with zero
 biases (the minGPT convention) and resets LayerNorms to the identity; convolutions keep PyTorch's

@@ -1,4 +1,4 @@
-"""Pre-allocated keys/values of every transformer layer for incremental decoding (spec §4, §10.10).
+"""Pre-allocated keys/values of every transformer layer for incremental decoding (docs/models.md §3).
 
 Used for inference only (burn-in, imagination, play): each call of the transformer writes its new
 positions' keys and values, then attends over the whole buffer with the attention mask hiding the

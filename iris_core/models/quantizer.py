@@ -1,4 +1,4 @@
-"""Cosine-similarity vector quantizer with an EMA codebook and dead-code revival (spec §3, §10.4).
+"""Cosine-similarity vector quantizer with an EMA codebook and dead-code revival (docs/models.md §2).
 
 Glossary: ``z`` the L2-normalised projection of a token's patch vector, ``q`` the code it is
 assigned (straight-through), ``tokens`` the code indices, ``codebook`` ``(codebook_size,

@@ -1,4 +1,4 @@
-"""The context-aware tokenizer: a conditional VQ autoencoder of transitions (spec §3, §10.1–§10.6).
+"""The context-aware tokenizer: a conditional VQ autoencoder of transitions (docs/models.md §2).
 
 Glossary: ``obs_prev`` x_t, ``act`` a_t, ``obs_next`` x_{t+1}, all frames float in [0, 1]
 ``(N, C, H, W)``; ``tokens`` the ``num_tokens`` Δ-token indices of a transition ``(N, K)``;
@@ -25,7 +25,7 @@ from iris_core.models.initialization import init_weights
 from iris_core.models.quantizer import Quantizer, QuantizerOutput
 
 # The 8×8 latent map is cut into a (h × w) grid of tokens; each token is its (k × l) patch
-# flattened in (patch-row, patch-col, channel) order (spec §10.3).
+# flattened in (patch-row, patch-col, channel) order (docs/models.md §2).
 MAP_TO_PATCHES = "n c (h k) (w l) -> n (h w) (k l c)"
 PATCHES_TO_MAP = "n (h w) (k l c) -> n c (h k) (w l)"
 
@@ -89,7 +89,7 @@ class Tokenizer(nn.Module):
     def decode(self, obs_prev: Tensor, act: Tensor, q: Tensor, should_clamp: bool) -> Tensor:
         """``(N, K, codebook_dim)`` quantised vectors → x_{t+1} ``(N, C, H, W)``.
 
-        ``should_clamp`` (inference only, spec §10.6) clamps to [0, 1] and rounds to multiples of
+        ``should_clamp`` (inference only, docs/models.md §1) clamps to [0, 1] and rounds to multiples of
         1/255, so decoded frames look like stored ones; the training loss sees the raw output.
         """
         self._check_transition(obs_prev, act)
@@ -120,7 +120,7 @@ class Tokenizer(nn.Module):
         """Weighted loss terms (their sum is the objective) and metrics, as device tensors.
 
         Teacher-forced over the T−1 transitions of each segment. The reconstruction error counts
-        only transitions whose two frames are real (spec §10.5); the commitment term counts all.
+        only transitions whose two frames are real (docs/models.md §2); the commitment term counts all.
         """
         cfg = self.config
         obs = batch.obs_float()

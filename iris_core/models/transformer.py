@@ -1,4 +1,4 @@
-"""Pre-LN causal transformer of the world model (spec §4, §10.10).
+"""Pre-LN causal transformer of the world model (docs/models.md §3).
 
 Learned absolute position embeddings over ``max_tokens`` = ``max_blocks × tokens_per_block``;
 each layer is ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``; a final LayerNorm. Attention is causal

@@ -1,4 +1,4 @@
-"""The world model: a causal transformer over blocks [I, a, Δ1..ΔK] (spec §4, §10.7–§10.10).
+"""The world model: a causal transformer over blocks [I, a, Δ1..ΔK] (docs/models.md §3).
 
 Glossary: ``obs`` frames ``(B, T, C, H, W)`` float in [0, 1], ``act`` actions, ``latent_tokens``
 the tokenizer's Δ-tokens of each transition ``(B, T−1, K)``, ``rew`` rewards, ``end``
@@ -133,7 +133,8 @@ class WorldModel(nn.Module):
         ce_ends = F.cross_entropy(logits_ends.flatten(0, 1), batch.end.flatten(), reduction="none")
         correct = (logits_latents.argmax(dim=-1) == latent_tokens).float()
 
-        # Δ-tokens: transitions whose first frame is real (spec §10.9); rewards, ends: real frames.
+        # Δ-tokens: transitions whose first frame is real, as the reference code masks them;
+        # rewards, ends: real frames.
         mask_latents = batch.mask_padding[:, :-1, None].expand(b, t - 1, k).flatten().float()
         mask_frames = batch.mask_padding.flatten().float()
         losses = {

@@ -1,4 +1,4 @@
-"""Imagination: rolling a policy out inside the frozen world model (spec §5, §10.11–§10.12).
+"""Imagination: rolling a policy out inside the frozen world model (docs/models.md §4).
 
 Glossary: ``obs`` frames float in [0, 1], ``act`` actions, ``rew`` rewards, ``end`` sampled
 terminations, ``latent_tokens`` Δ-tokens, H ``horizon``.

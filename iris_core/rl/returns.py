@@ -1,4 +1,4 @@
-"""λ-returns and the termination mask of an imagined rollout (spec §5 "Returns and losses").
+"""λ-returns and the termination mask of an imagined rollout (docs/models.md §4).
 
 Glossary (time runs along dim 1, ``H`` imagined steps):
     ``rew``       (B, H) imagined rewards r_t

@@ -1,4 +1,4 @@
-"""Symlog and two-hot encoding of scalars (spec §4 rewards, §5 values, §10.11).
+"""Symlog and two-hot encoding of scalars (rewards and values, docs/models.md §3–§4).
 
 Rewards (Crafter) and λ-returns are regressed as a classification over ``num_buckets`` buckets
 uniformly spaced on ``[low, high]`` in symlog space: a scalar y becomes the "two-hot" distribution

@@ -71,7 +71,7 @@ def make_world_model_config() -> Callable[..., WorldModelConfig]:
 
 
 def atari_config(num_actions: int) -> IrisConfig:
-    """The paper's Atari sizes (spec §3, §4, §6) built from the dataclasses."""
+    """The paper's Atari sizes built from the dataclasses."""
     return IrisConfig(
         tokenizer=TokenizerConfig(
             max_codebook_updates_with_revival=400,

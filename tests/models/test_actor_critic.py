@@ -1,4 +1,4 @@
-"""Actor-critic: the loss against a plain re-statement of the spec, gradients, Polyak update, acting.
+"""Actor-critic: the loss against a plain re-statement of the paper's recipe, gradients, Polyak, acting.
 
 The tokenizer and world model are tiny (64×64 frames, few channels); the actor-critic network
 has the paper's sizes (FrameEncoder width 32 → 1024 features → LSTMCell(1024, 512)).
@@ -107,7 +107,7 @@ def randomise_critics(actor_critic: ActorCritic) -> None:
             model.critic_linear.bias.normal_(0.0, 0.5)
 
 
-def spec_loss(
+def paper_loss(
     ac: ActorCritic, batch: Batch, tokenizer: Tokenizer, world_model: WorldModel
 ) -> dict[str, Tensor]:
     """The paper's recipe as the reference code writes it: online network with autograd inside
@@ -162,7 +162,7 @@ def grads(module: nn.Module) -> dict[str, Tensor | None]:
 
 
 @pytest.mark.parametrize(("num_actions", "two_hot_rets"), [(17, True), (4, False)], ids=["crafter", "atari"])
-def test_loss_and_gradients_match_the_spec_recipe(num_actions: int, two_hot_rets: bool) -> None:
+def test_loss_and_gradients_match_the_paper_recipe(num_actions: int, two_hot_rets: bool) -> None:
     torch.set_num_threads(1)
     tokenizer, world_model = frozen_models(num_actions, two_hot_rews=two_hot_rets)
     ac = ActorCritic(actor_critic_config(num_actions, two_hot_rets), image_channels=3)
@@ -170,7 +170,7 @@ def test_loss_and_gradients_match_the_spec_recipe(num_actions: int, two_hot_rets
     batch = make_batch(num_actions)
 
     torch.manual_seed(1)
-    expected = spec_loss(ac, batch, tokenizer, world_model)
+    expected = paper_loss(ac, batch, tokenizer, world_model)
     torch.stack(list(expected.values())).sum().backward()
     expected_grads = grads(ac.model)
     ac.zero_grad(set_to_none=True)

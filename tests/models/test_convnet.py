@@ -1,4 +1,4 @@
-"""Residual CNN layouts against the spec's layer listings (spec §3)."""
+"""Residual CNN layouts against the paper's layer listings."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from iris_core.models.convnet import (
 
 
 def layout(module: nn.Module) -> list[str]:
-    """The spec's notation: RB(in→out), Down, Up, and the convs/norms at both ends."""
+    """The layer notation of docs/models.md: RB(in→out), Down, Up, and the convs/norms at both ends."""
     names = []
     for layer in module.layers:  # type: ignore[union-attr]
         if isinstance(layer, ResidualBlock):
@@ -36,7 +36,7 @@ def layout(module: nn.Module) -> list[str]:
     return names
 
 
-def test_crafter_tokenizer_encoder_and_decoder_match_the_spec() -> None:
+def test_crafter_tokenizer_encoder_and_decoder_match_the_paper() -> None:
     tok = IrisConfig().with_num_actions(17).tokenizer
     encoder = FrameEncoder(tok.encoder, in_channels=tok.encoder_in_channels)
     assert layout(encoder) == [

@@ -1,4 +1,4 @@
-"""Cosine VQ with EMA codebook: straight-through, train-only updates, revival rule (spec §3, §10.4)."""
+"""Cosine VQ with EMA codebook: straight-through, train-only updates, revival rule."""
 
 from __future__ import annotations
 

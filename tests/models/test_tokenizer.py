@@ -1,4 +1,4 @@
-"""Tokenizer: token/patch layout, encode/decode contracts, masked loss against a loop oracle (spec §3)."""
+"""Tokenizer: token/patch layout, encode/decode contracts, masked loss against a loop oracle."""
 
 from __future__ import annotations
 

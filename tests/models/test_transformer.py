@@ -1,4 +1,4 @@
-"""Causal transformer and KV cache: cached decoding equals one full pass (spec §4, §10.10)."""
+"""Causal transformer and KV cache: cached decoding equals one full pass."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""World model: KV-cached inference and masked losses against a loop oracle (spec §4, §10.7–§10.9)."""
+"""World model: KV-cached inference and masked losses against a loop oracle."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_cached_imagination_pattern_equals_one_full_pass(
 def oracle_losses(
     world_model: WorldModel, tokenizer: Tokenizer, batch: Batch
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The spec's losses with plain loops over (segment, time step, token)."""
+    """The paper's losses with plain loops over (segment, time step, token)."""
     cfg = world_model.config
     obs = batch.obs.float() / 255
     b, t = batch.act.shape
@@ -121,7 +121,7 @@ def test_masked_losses_match_a_loop_oracle(
     )
     world_model = WorldModel(config)
     # Left padding, right padding (the last real frame's transition into padding is trained on
-    # its Δ-tokens, spec §10.9), and a segment that ends.
+    # its Δ-tokens), and a segment that ends.
     mask = torch.tensor([[False, False, True, True, True], [True, True, True, False, False], [True] * 5])
     end = torch.zeros(3, 5, dtype=torch.long)
     end[1, 2] = 1

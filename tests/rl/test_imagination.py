@@ -1,4 +1,4 @@
-"""Imagination: full-context oracle, context use, decoded frames fed back (spec §5, §10.12)."""
+"""Imagination: full-context oracle, context use, decoded frames fed back."""
 
 from __future__ import annotations
 

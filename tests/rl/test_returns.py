@@ -13,7 +13,7 @@ from iris_core.rl.returns import compute_lambda_returns, mask_after_first_done
 def lambda_returns_oracle(
     rew: list[float], end: list[int], values: list[float], bootstrap: float, gamma: float, lambda_: float
 ) -> list[float]:
-    """The spec's recursion, one step at a time, with V_H = G_H = bootstrap."""
+    """The paper's recursion, one step at a time, with V_H = G_H = bootstrap."""
     horizon = len(rew)
     next_value, next_return = bootstrap, bootstrap
     returns = [0.0] * horizon

@@ -1,4 +1,4 @@
-"""Symlog / two-hot properties (spec §4, §10.11)."""
+"""Symlog / two-hot properties."""
 
 from __future__ import annotations
 
