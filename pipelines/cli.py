@@ -14,6 +14,7 @@ import typer
 
 from iris_core.config import ConfigError
 from pipelines import config as config_loader
+from pipelines.viewer import cli as viewer_cli
 
 EXIT_BAD_CONFIG = 2
 
@@ -289,6 +290,12 @@ def stage(
     from pipelines.stages.cli import main as run_one
 
     raise typer.Exit(run_one(name, workspace))
+
+
+# Looking at agents, world models and campaigns (pipelines/viewer, docs/viewing.md).
+app.command("dream")(viewer_cli.dream)
+app.command("report")(viewer_cli.report)
+app.command("play")(viewer_cli.play)
 
 
 @config_app.command("show")
