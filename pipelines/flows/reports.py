@@ -118,7 +118,7 @@ def _loss_rows(record: IterationRecord) -> list[tuple[Any, ...]]:
     rows = []
     evaluation = record.metrics.get("evaluate", {})
     for component in TRAINING_STAGES[1:]:
-        train = record.metrics.get(component, {}).get(f"{component}/train/loss_total")
+        train = record.metrics.get(component, {}).get(f"{component}/iteration/loss_total")
         held_out = evaluation.get(
             f"{component}/eval/loss_total",
             record.metrics.get(component, {}).get(f"{component}/eval/loss_total"),

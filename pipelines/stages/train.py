@@ -204,7 +204,8 @@ def run_train(
 
 
 def _iteration_means(component: str, rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of each curve column over the iteration (rows weighted equally: equal chunks)."""
+    """Mean of each curve column over the iteration's steps, under ``<component>/iteration/<key>``
+    (the per-step values are ``<component>/train/<key>`` on the optimizer-step axis)."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for row in rows:
@@ -213,4 +214,4 @@ def _iteration_means(component: str, rows: list[dict[str, float]]) -> dict[str, 
                 continue
             sums[key] = sums.get(key, 0.0) + value
             counts[key] = counts.get(key, 0) + 1
-    return {f"{component}/train/{key}": total / counts[key] for key, total in sums.items()}
+    return {f"{component}/iteration/{key}": total / counts[key] for key, total in sums.items()}

@@ -56,7 +56,8 @@ def _write(path: Path, value: object) -> None:
 
 def test_the_iteration_markdown_has_decision_evidence_scores_losses_and_mlflow_links(tmp_path: Path) -> None:
     _write(
-        tmp_path / "metrics/tokenizer/4.json", {"tokenizer/train/loss_total": 0.5, "tokenizer/seconds": 7.0}
+        tmp_path / "metrics/tokenizer/4.json",
+        {"tokenizer/iteration/loss_total": 0.5, "tokenizer/seconds": 7.0},
     )
     _write(
         tmp_path / "metrics/evaluate/4.json",
@@ -99,11 +100,11 @@ def test_the_iteration_markdown_has_decision_evidence_scores_losses_and_mlflow_l
 
 
 def test_an_iteration_without_evaluation_says_so(tmp_path: Path) -> None:
-    _write(tmp_path / "metrics/world_model/1.json", {"world_model/train/loss_total": 2.0})
+    _write(tmp_path / "metrics/world_model/1.json", {"world_model/iteration/loss_total": 2.0})
     markdown = iteration_markdown(read_iteration(tmp_path, "1"), "c", ui_base="http://x")
     assert "No evaluation in this iteration." in markdown
     assert "| world_model | 2 | n/a |" in markdown
-    assert "| world_model@1 | world_model/train/loss_total | 2 |" in markdown
+    assert "| world_model@1 | world_model/iteration/loss_total | 2 |" in markdown
     assert "MLflow" not in markdown
 
 

@@ -151,11 +151,13 @@ def test_a_killed_training_stage_continues_from_its_mid_stage_checkpoint(
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     assert not (workspace / "state" / "tokenizer" / "1.pt").exists()  # DVC removed the output
     assert len(list((workspace / ".iris" / "partial" / "tokenizer@1").glob("*.pt"))) == 1
-    # Without the run-cache: DVC would otherwise restore the stage's earlier result (the same
-    # bits) from its cache instead of running it, and the mid-stage checkpoint would go unused.
-    resumed = runner.dvc(workspace, "repro", "--no-run-cache")
+    # Forced again: a plain `dvc repro` would check the stage's earlier result (the same bits, as
+    # dvc.lock records) out of DVC's cache instead of running it. A stage killed on its first run
+    # has no such result: test_kills_in_a_new_iteration_resume_bit_identically covers that case.
+    resumed = runner.dvc(workspace, "repro", "-f", "-s", "tokenizer@1")
     output = resumed.stdout + resumed.stderr
-    assert ran_stages(output) == ["tokenizer@1"]  # same bits as in dvc.lock: downstream is up to date
+    assert ran_stages(output) == ["tokenizer@1"]
+    assert ran_stages(runner.dvc(workspace, "repro").stdout) == []  # same bits: downstream is up to date
     assert "tokenizer@1: continuing from step 2 (mid-stage checkpoint)" in output
     assert "Data and pipelines are up to date." in runner.dvc(workspace, "status").stdout
     assert_same_checkpoints(workspace, campaigns.dvc.workspace, 1)
