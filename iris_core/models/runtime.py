@@ -12,7 +12,8 @@ optimizer flags. What it does is chosen by ``RuntimeConfig`` (``None`` = the dev
   norms run in the contiguous layout, whose kernel is accurate.
 - ``cpu_kernels`` (CPU only): :class:`SubPixelUpsample` computes nearest ×2 upsampling then a
   3×3 convolution in fp32 as one 2×2 convolution of the small map (16 instead of 36
-  multiply-adds per input pixel).
+  multiply-adds per input pixel); and the CNNs run on batch chunks (:func:`chunk_batches`), the
+  world model's and the actor-critic's re-run chunk by chunk in the backward pass.
 - ``checkpoint_cnns``: every residual block and upsample keeps only its convolution outputs for
   the backward pass, which re-runs the cheap GroupNorm, SiLU and interpolation instead
   (``torch.utils.checkpoint`` with a selective policy): most of the activation memory for a
@@ -97,23 +98,49 @@ def apply_runtime(agent: Agent, config: RuntimeConfig, device: str | torch.devic
         torch.backends.cudnn.allow_tf32 = True
     if settings.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the shapes of a run are fixed: pick the fastest kernels
-    for cnn in [m for m in agent.modules() if isinstance(m, FrameEncoder | FrameDecoder)]:
-        optimise_cnn(cnn, settings)
+    for component in (agent.tokenizer, agent.world_model, agent.actor_critic):
+        # The tokenizer trains its CNNs on every frame of the batch: they keep their convolution
+        # outputs. The world model's I-token CNN and the policy CNN are cheap next to the rest of
+        # their step: on CPU they are re-run chunk by chunk in the backward pass instead.
+        recompute = component is not agent.tokenizer
+        for cnn in [m for m in component.modules() if isinstance(m, FrameEncoder | FrameDecoder)]:
+            optimise_cnn(cnn, settings, recompute_chunks=recompute)
     if settings.compile:
         compile_agent(agent, settings.device)
     return agent
 
 
-def optimise_cnn(cnn: nn.Module, settings: RuntimeSettings) -> None:
-    """The CNN part of :func:`apply_runtime`, for one ``FrameEncoder`` or ``FrameDecoder``."""
+def optimise_cnn(cnn: nn.Module, settings: RuntimeSettings, recompute_chunks: bool = False) -> None:
+    """The CNN part of :func:`apply_runtime`, for one ``FrameEncoder`` or ``FrameDecoder``.
+
+    ``recompute_chunks``: with ``cpu_kernels``, batch chunks are re-run in the backward pass
+    (then no block needs checkpointing of its own).
+    """
     if settings.cpu_kernels:
         swap_sub_pixel_upsampling(cnn)
-    if settings.checkpoint_cnns:
+    if settings.checkpoint_cnns and not (settings.cpu_kernels and recompute_chunks):
         checkpoint_cnn(cnn)
     if settings.channels_last:
         if settings.device.type == "cpu":
             swap_group_norms(cnn)  # torch's channels-last CPU GroupNorm is not accurate
         cnn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if settings.cpu_kernels:
+        chunk_batches(cnn, recompute=recompute_chunks)
+
+
+def chunk_batches(cnn: nn.Module, frames_per_chunk: int = 32, recompute: bool = False) -> None:
+    """Run ``cnn`` on ``frames_per_chunk`` frames at a time (CPU); same values and gradients.
+
+    Every map then exists for one chunk at a time: small enough for the allocator to recycle
+    (a fresh large map is page-faulted and zeroed on every use) and, without autograd (the
+    frozen networks, imagination), a bounded memory. With ``recompute``, under autograd each
+    chunk keeps only its input and is re-run in the backward pass (``torch.utils.checkpoint``).
+    """
+    swapped: nn.Module = cnn
+    swapped.__class__ = _CHUNKED[type(cnn)]
+    assert isinstance(swapped, _Chunked), type(cnn)
+    swapped.frames_per_chunk = frames_per_chunk
+    swapped.recompute = recompute
 
 
 def optimizer_options(config: RuntimeConfig, device: str | torch.device) -> dict[str, Any]:
@@ -263,6 +290,47 @@ def checkpoint_cnn(cnn: nn.Module) -> None:
         swapped = _CHECKPOINTED.get(type(module))
         if swapped is not None:
             module.__class__ = swapped
+
+
+# --- batch chunks -------------------------------------------------------------------
+
+
+class _Chunked(nn.Module):
+    """Mixin: the CNN's forward over batch chunks (see :func:`chunk_batches`)."""
+
+    frames_per_chunk: int
+    recompute: bool
+
+    def forward(self, x: Tensor) -> Tensor:
+        plain = super().forward
+        n = self.frames_per_chunk
+        if x.size(0) <= n:
+            out: Tensor = plain(x)
+            return out
+        chunks = [x[i : i + n] for i in range(0, x.size(0), n)]
+        if self.recompute and torch.is_grad_enabled():
+            return torch.cat([_checkpoint(plain, chunk) for chunk in chunks])
+        return torch.cat([plain(chunk) for chunk in chunks])
+
+
+def _checkpoint(function: Any, x: Tensor) -> Tensor:
+    out = checkpoint(function, x, use_reentrant=False, preserve_rng_state=False)
+    assert isinstance(out, Tensor)
+    return out
+
+
+class ChunkedFrameEncoder(_Chunked, FrameEncoder):
+    pass
+
+
+class ChunkedFrameDecoder(_Chunked, FrameDecoder):
+    pass
+
+
+_CHUNKED: dict[type[nn.Module], type[nn.Module]] = {
+    FrameEncoder: ChunkedFrameEncoder,
+    FrameDecoder: ChunkedFrameDecoder,
+}
 
 
 # --- compilation --------------------------------------------------------------------------------

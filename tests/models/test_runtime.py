@@ -15,13 +15,10 @@ from agent_helpers import BATCHES, OFF, component_losses, make_batch, small_conf
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from iris_core.config import (
-    IrisConfig,
-    RuntimeConfig,
-)
+from iris_core.config import FrameCnnConfig, IrisConfig, RuntimeConfig
 from iris_core.models import runtime
 from iris_core.models.agent import Agent
-from iris_core.models.convnet import FrameEncoder, ResidualBlock, Upsample
+from iris_core.models.convnet import FrameDecoder, FrameEncoder, ResidualBlock, Upsample
 from iris_core.training.optim import split_weight_decay
 
 VARIANTS = {
@@ -217,3 +214,31 @@ def test_without_autograd_the_checkpointed_blocks_run_plainly(monkeypatch: pytes
         assert torch.equal(block(x), expected)
     with pytest.raises(AssertionError, match="without autograd"):
         block(x)
+
+
+@pytest.mark.parametrize(("decoder", "recompute"), [(False, True), (True, True), (True, False)])
+def test_batch_chunks_give_the_plain_values_and_gradients(decoder: bool, recompute: bool) -> None:
+    """7 frames in chunks of 3, 3 and 1, with or without re-running each chunk in the backward
+    pass; float64, so only summation order differs."""
+    torch.manual_seed(0)
+    config = FrameCnnConfig(num_channels=8, mult=(1, 2), down=(1, 1), latent_dim=4, norm_groups=4)
+    plain = (FrameDecoder(config, 3) if decoder else FrameEncoder(config, 3)).double()
+    chunked = copy.deepcopy(plain)
+    runtime.chunk_batches(chunked, frames_per_chunk=3, recompute=recompute)
+    x = (
+        torch.randn(7, 4, 4, 4, dtype=torch.float64)
+        if decoder
+        else torch.rand(7, 3, 16, 16, dtype=torch.float64)
+    )
+
+    def output_and_grads(module: nn.Module) -> list[Tensor]:
+        out = module(x)
+        (out * torch.randn_like(out, generator=torch.Generator().manual_seed(1))).sum().backward()
+        return [out, *(p.grad for p in module.parameters())]  # type: ignore[list-item]
+
+    for a, e in zip(output_and_grads(chunked), output_and_grads(plain), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        assert torch.equal(chunked(x), plain(x))
+    if recompute:
+        assert saved_bytes(chunked, x) < saved_bytes(plain, x) / 4  # only the chunks' inputs are kept
