@@ -30,7 +30,7 @@ import torch
 from pipelines.config import write_params
 from pipelines.workspace import Workspace
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[1]
 
 # A tiny Crafter campaign: 2 iterations of K = 1 epoch, each evaluated and gated. The tokenizer
 # takes 4 steps in iteration 1 and every step is a logged chunk followed by a mid-stage checkpoint,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from iris_core.data.prefetch import Prefetcher
 from iris_core.data.sampler import load_batch
 from iris_core.data.structures import Batch
 from iris_core.models.runtime import optimizer_options
@@ -128,13 +129,21 @@ def run_train(
     def next_batch() -> Batch:
         return load_batch(dataset, sampler.sample(dataset.episode_lengths()))
 
+    prefetcher: Prefetcher[dict[str, Any]] | None = None
+
+    def consumed_sampler_state() -> dict[str, Any]:
+        """The sampler as it was after the last batch trained on (the prefetcher samples ahead)."""
+        if prefetcher is not None and prefetcher.snapshot is not None:
+            return prefetcher.snapshot
+        return sampler_state(sampler)
+
     def save_partial() -> None:
         atomic_torch_save(
             {
                 "format": PARTIAL_FORMAT,
                 "weights": module.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "sampler": sampler_state(sampler),
+                "sampler": consumed_sampler_state(),
                 "steps": steps,
                 "position": position,
                 "rows": rows,
@@ -152,32 +161,48 @@ def run_train(
     for index in range(position["epoch_index"], len(plan)):
         epoch, num_steps = plan[index]
         sampler.update_counts = epoch > 1  # counts stay untouched in epoch 1 (paper §2.3)
-        while position["done_in_epoch"] < num_steps:
-            chunk = min(loop.log_every_steps, num_steps - position["done_in_epoch"])
-            means = train_component(
-                module,
-                optimizer,
-                component_config,
-                next_batch,
-                chunk,
-                name=component,
-                deps=deps,
-                first_step=steps,
-            )
-            steps += chunk
-            done += chunk
-            position["done_in_epoch"] += chunk
-            row = {"step": float(steps), "epoch": float(epoch), **means}
-            rows.append(row)
-            if sink is not None:
-                sink.log({f"{component}/train/{k}": v for k, v in means.items()}, steps)
-            bar.update(done, {k: v for k, v in means.items() if k == "loss_total"})
-            if on_progress is not None:
-                on_progress(done, total, means)
-            if time.perf_counter() - last_save >= loop.checkpoint_every_seconds and done < total:
-                save_partial()
-                last_save = time.perf_counter()
-            kill_point(stage, f"step={steps}")
+        # The epoch's remaining batches are sampled and collated in a background thread while the
+        # steps run (the same batches in the same order); never one more, so that the sampler
+        # ends the epoch exactly where direct sampling would.
+        budget = [(num_steps - position["done_in_epoch"]) * component_config.grad_acc_steps]
+
+        def epoch_batch(budget: list[int] = budget) -> Batch:
+            if budget[0] == 0:
+                raise RuntimeError("the epoch's batches are all sampled")
+            budget[0] -= 1
+            return next_batch()
+
+        prefetcher = Prefetcher(epoch_batch, device=ctx.device, snapshot=lambda: sampler_state(sampler))
+        try:
+            while position["done_in_epoch"] < num_steps:
+                chunk = min(loop.log_every_steps, num_steps - position["done_in_epoch"])
+                means = train_component(
+                    module,
+                    optimizer,
+                    component_config,
+                    prefetcher,
+                    chunk,
+                    name=component,
+                    deps=deps,
+                    first_step=steps,
+                )
+                steps += chunk
+                done += chunk
+                position["done_in_epoch"] += chunk
+                row = {"step": float(steps), "epoch": float(epoch), **means}
+                rows.append(row)
+                if sink is not None:
+                    sink.log({f"{component}/train/{k}": v for k, v in means.items()}, steps)
+                bar.update(done, {k: v for k, v in means.items() if k == "loss_total"})
+                if on_progress is not None:
+                    on_progress(done, total, means)
+                if time.perf_counter() - last_save >= loop.checkpoint_every_seconds and done < total:
+                    save_partial()
+                    last_save = time.perf_counter()
+                kill_point(stage, f"step={steps}")
+        finally:
+            prefetcher.close()
+        prefetcher = None
         position = {"epoch_index": index + 1, "done_in_epoch": 0}
     bar.close()
     module.eval()
