@@ -305,3 +305,18 @@ def test_trains_through_the_generic_loop() -> None:
     assert all(
         not torch.equal(a, b) for a, b in zip(target_before, ac.target_model.parameters(), strict=True)
     )
+
+
+def test_recurrent_state_stays_float32_under_bf16_autocast() -> None:
+    """The LSTM runs outside autocast (on CUDA autocast would run LSTM cells in bf16)."""
+    ac = ActorCritic(actor_critic_config(4, False), image_channels=3)
+    autocast_in_lstm: list[bool] = []
+    ac.model.lstm.register_forward_pre_hook(
+        lambda *_: autocast_in_lstm.append(torch.is_autocast_enabled("cpu"))
+    )
+    ac.reset(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ac.act(torch.rand(2, 3, 64, 64))
+    hx, cx = ac.model.state
+    assert hx.dtype == cx.dtype == torch.float32
+    assert autocast_in_lstm == [False]
