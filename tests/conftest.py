@@ -29,6 +29,27 @@ def _seed_torch() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri() -> Iterator[None]:
+    # mlflow.set_tracking_uri writes $MLFLOW_TRACKING_URI, which later tests (and the stage
+    # processes they start) would read as the user's choice of store.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    # Some tests pin torch to one thread; the campaigns compared across processes need the
+    # default count (gradients of a CPU convolution depend on how many threads sum them).
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # One tiny campaign for the whole session (see dvc_workspace.py): reproduced by `dvc repro`, and
 # run by the in-process loop with one iteration more in another workspace. The pipeline tests

@@ -55,7 +55,14 @@ def configure(workspace: Path, experiment: str = DEFAULT_EXPERIMENT) -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in stage logs
     uri = tracking_uri(workspace)
+    # MLflow's set_tracking_uri also writes $MLFLOW_TRACKING_URI, which tracking_uri() reads as the
+    # user's choice: put the variable back, or the first workspace would capture every later one.
+    user_choice = os.environ.get("MLFLOW_TRACKING_URI")
     set_tracking_uri(uri)
+    if user_choice is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_choice
     key = (uri, experiment)
     if key in _experiments:
         set_experiment(experiment_id=_experiments[key])

@@ -73,7 +73,7 @@ elif name == "collect":
     metrics("collect", {"collect/steps": 100.0 * n, "collect/return_mean": 0.5 * n})
 elif name in ("tokenizer", "world_model", "actor_critic"):
     write(f"state/{name}/{i}.pt", f"{name} {i} seed {seed}\n")
-    losses = {f"{name}/train/loss_total": 1.0 / (n + 1) + seed / 100, f"{name}/eval/loss_total": 1.0 / n}
+    losses = {f"{name}/iteration/loss_total": 1.0 / (n + 1) + seed / 100, f"{name}/eval/loss_total": 1.0 / n}
     metrics(name, losses)
 elif name == "evaluate":
     write(f"evaluation/{i}.json", json.dumps({"returns": [1.0, 2.0], "seeds": [1, 2]}))

@@ -7,6 +7,7 @@ workspace; tests isolate themselves with their own campaign ids and model names.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +30,19 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, migrated_database: Path) -> Iterator[Path]:
     previous_uri = mlflow.get_tracking_uri()
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         path = tmp_path_factory.mktemp("workspace")
         shutil.copyfile(migrated_database, path / "mlflow.db")
         configure(path)
         yield path
-    mlflow.set_tracking_uri(previous_uri)
+        mlflow.set_tracking_uri(previous_uri)
+    # MLflow writes $MLFLOW_TRACKING_URI too: later tests would take it for the user's choice.
+    if previous_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -68,3 +70,17 @@ def test_environment_store_is_used_for_runs(
     assert server_db.is_file()
     assert not (workspace / "mlflow.db").exists()
     assert MlflowClient(f"sqlite:///{server_db}").get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_configuring_one_workspace_then_another_switches_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's own set_tracking_uri writes $MLFLOW_TRACKING_URI; configure must not let the first
+    workspace it points at capture every later one in the same process."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = tmp_path / "first", tmp_path / "second"
+    configure(first)
+    configure(second)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking_uri(second) == f"sqlite:///{(second / 'mlflow.db').resolve()}"
+    assert mlflow.get_tracking_uri() == tracking_uri(second)
