@@ -145,6 +145,33 @@ def run_dvc_stage(
     return {"stage": stage, "ran": ran, "seconds": round(seconds, 3)}
 
 
+def stale_stages(workspace: Path, env: dict[str, str] | None = None) -> set[str] | None:
+    """The stages that `dvc status` reports as not up to date; None when it cannot tell.
+
+    One `dvc status` reads `dvc.yaml` once, where each `dvc repro --single-item` reads it again, so on
+    a long campaign the flow uses this to pass over the finished stages at the start of its plan.
+    """
+    result = subprocess.run(
+        dvc("status", "--json"),
+        cwd=workspace,
+        env=tool_environment(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return None
+    lines = result.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        return None
+    if not isinstance(report, dict):
+        return None
+    # Keys are stage names, prefixed with their dvc.yaml path (`path/dvc.yaml:stage`) outside the root.
+    return {str(key).rsplit(":", 1)[-1] for key in report}
+
+
 def retry_if_transient(task: Any, task_run: TaskRun, state: State) -> bool:
     """Prefect's `retry_condition_fn`: retry unless the stage failed permanently."""
     error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)

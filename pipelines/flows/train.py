@@ -29,7 +29,7 @@ from pipelines.flows.reports import (
     read_iteration,
 )
 from pipelines.flows.settings import embedded_settings
-from pipelines.flows.stages import dvc, repro_stage, tool_environment
+from pipelines.flows.stages import dvc, repro_stage, stale_stages, tool_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,6 +60,24 @@ def check_stages(workspace: str, stages: list[str]) -> None:
     missing = sorted(set(stages) - set(listed.stdout.split()))
     if missing:
         raise ValueError(f"dvc.yaml in {workspace} has no stages {missing} that params.yaml implies")
+
+
+@task(name="dvc-status", cache_policy=NO_CACHE, persist_result=False)
+def up_to_date_prefix(workspace: str, stages: list[str], env: dict[str, str]) -> int:
+    """How many stages at the start of the plan `dvc status` finds up to date.
+
+    Only a leading run of clean stages can be passed over: once a stage runs, the stages after it may
+    depend on what it wrote, so from there on each goes through `dvc repro`, which decides.
+    """
+    stale = stale_stages(Path(workspace), env)
+    if stale is None:
+        return 0
+    count = 0
+    for stage in stages:
+        if stage in stale:
+            break
+        count += 1
+    return count
 
 
 @task(name="publish-iteration", cache_policy=NO_CACHE, persist_result=False)
@@ -139,13 +157,25 @@ def train(
         run = repro_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
         outcomes: list[dict[str, Any]] = []
         iterations: dict[str, dict[str, Any]] = {}
-        for done, stage in enumerate(stages, start=1):
-            outcomes.append(run(str(root), stage, env=stage_env))
-            update_progress_artifact(
-                progress_id,
-                progress=100.0 * done / len(stages),
-                description=f"{done}/{len(stages)} stages of campaign {name} done (last: {stage})",
+        finished = up_to_date_prefix(str(root), stages, stage_env)
+        if finished:
+            logger.info(
+                "%d of %d stages are up to date (dvc status); resuming after %s",
+                finished,
+                len(stages),
+                stages[finished - 1],
             )
+        for done, stage in enumerate(stages, start=1):
+            if done <= finished:
+                outcomes.append({"stage": stage, "ran": False, "seconds": 0.0, "checked_by": "dvc status"})
+            else:
+                outcomes.append(run(str(root), stage, env=stage_env))
+            if done >= finished:
+                update_progress_artifact(
+                    progress_id,
+                    progress=100.0 * done / len(stages),
+                    description=f"{done}/{len(stages)} stages of campaign {name} done (last: {stage})",
+                )
             if stage in closing:
                 iterations[closing[stage]] = publish_iteration(str(root), closing[stage], name)
     return {

@@ -59,6 +59,35 @@ def test_the_flow_runs_every_stage_in_order_then_a_rerun_is_a_noop(
     rerun = train(workspace=str(workspace), retries=0)
     assert rerun["ran"] == []
     assert runs(workspace) == expected  # no stage command started again
+    # One `dvc status` found every stage up to date, so no `dvc repro` was needed.
+    assert [outcome.get("checked_by") for outcome in rerun["stages"]] == ["dvc status"] * len(expected)
+
+
+def test_a_resumed_flow_passes_over_the_finished_stages_and_runs_the_rest(
+    tmp_path: Path, toy_dvc_yaml: Path
+) -> None:
+    workspace = tmp_path / "resumed"
+    text = params_yaml(iterations=2, evaluations=[2])
+    expected = plan_from_params(yaml.safe_load(text)).stages()
+    train(workspace=str(workspace), params_yaml=text, dvc_yaml=str(toy_dvc_yaml), retries=0)
+    # As if the campaign had died during world_model@2: its output and everything after it is missing.
+    stale = expected.index("world_model@2")
+    for path in (
+        "state/world_model/2.pt",
+        "state/actor_critic/2.pt",
+        "evaluation/2.json",
+        "promotion/2.json",
+    ):
+        (workspace / path).unlink()
+
+    resumed = train(workspace=str(workspace), retries=0)
+
+    checked = [outcome["stage"] for outcome in resumed["stages"] if outcome.get("checked_by") == "dvc status"]
+    assert checked == expected[:stale]
+    assert [outcome["stage"] for outcome in resumed["stages"]] == expected
+    for path in ("state/world_model/2.pt", "state/actor_critic/2.pt", "evaluation/2.json", "promotion/2.json"):
+        assert (workspace / path).exists(), path  # rerun, or restored from DVC's run cache
+    assert set(runs(workspace)[len(expected) :]) <= set(expected[stale:])
 
 
 def test_a_transient_failure_is_retried_and_succeeds(tmp_path: Path, toy_dvc_yaml: Path) -> None:
