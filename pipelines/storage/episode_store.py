@@ -23,8 +23,10 @@ whose tails read as zeros. A committed index row always has ``length >= 1``, so 
 that reads as zeros was never committed. Readers trust exactly the index rows before the first
 zero row, and the frames those rows cover. Every chunk is written, even an all-zero one (schema
 version 2), so a chunk file missing under committed steps is reported as damage on open.
-Reopening for writing truncates every array to that committed size and removes the
-``*.partial`` temporaries of interrupted chunk writes.
+Reopening for writing first decodes every committed chunk (each chunk's zstd frame carries a
+checksum of its content: this is the store's checksum record) and refuses a store with a damaged
+one; then it truncates every array to that committed size and removes the ``*.partial``
+temporaries of interrupted chunk writes.
 """
 
 from __future__ import annotations
@@ -252,10 +254,7 @@ class EpisodeStore:
         Zarr reads a missing chunk as its fill value, so a deleted chunk file would silently read
         back as zeros; one listing per array (a few hundred keys per store) rules that out.
         """
-        committed = {name: self.num_frames for name in FIELDS}
-        for name in ("return", "achievements"):
-            if name in self._arrays:
-                committed[name] = len(self.index)
+        committed = {name: n for name, n in self.committed_lengths().items() if name != "index"}
 
         async def missing_chunks(name: str, length: int) -> list[str]:
             array = self._arrays[name]
@@ -277,6 +276,54 @@ class EpisodeStore:
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise StoreCorruptedError(self.url, f"chunks holding committed steps are missing: {shown}")
+
+    def committed_lengths(self) -> dict[str, int]:
+        """Committed length (first axis) of every array of the store."""
+        lengths = {name: self.num_frames for name in FIELDS}
+        for name in ("return", "achievements", "index"):
+            if name in self._arrays:
+                lengths[name] = len(self.index)
+        return lengths
+
+    def verify_chunks(self, concurrency: int = 16) -> None:
+        """Decode every chunk holding committed data, so that zstd checks each chunk's checksum.
+
+        Raises :class:`StoreCorruptedError` naming the first damaged chunk (by its key in the
+        store) and the word "corrupt". Costs one decode of the whole store: a writer does this
+        before it appends (see ``EpisodeStoreWriter.open``); readers rely on the checksum of each
+        chunk they read.
+        """
+        limit = asyncio.Semaphore(concurrency)
+
+        async def check(name: str, i: int, length: int) -> str | None:
+            array = self._arrays[name]
+            step = array.chunks[0]
+            async with limit:
+                try:
+                    await array.getitem(slice(i * step, min((i + 1) * step, length)))
+                except Exception as error:
+                    key = array.metadata.encode_chunk_key((i, *(0,) * (array.ndim - 1)))
+                    return f"{array.store_path.path}/{key}: {type(error).__name__}: {error}"
+            return None
+
+        async def gather() -> list[str | None]:
+            jobs = [
+                check(name, i, length)
+                for name, length in self.committed_lengths().items()
+                for i in range(-(-length // self._arrays[name].chunks[0]))
+            ]
+            return list(await asyncio.gather(*jobs))
+
+        damaged = [problem for problem in sync(gather()) if problem is not None]
+        if damaged:
+            chunk, _, detail = damaged[0].partition(": ")
+            more = f" ({len(damaged) - 1} more damaged chunks)" if len(damaged) > 1 else ""
+            raise StoreCorruptedError(
+                self.url,
+                f"chunk {chunk} is corrupt (its checksum or encoding does not verify: "
+                f"{detail.splitlines()[0] if detail else 'no detail'}){more}; "
+                "not appending to a damaged store",
+            )
 
     @property
     def parts(self) -> list[StoredPart]:

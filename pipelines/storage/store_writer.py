@@ -95,7 +95,11 @@ class EpisodeStoreWriter:
 
     @classmethod
     def open(cls, url: str) -> EpisodeStoreWriter:
-        """Reopen a store to append to it, dropping whatever a killed writer left uncommitted."""
+        """Reopen a store to append to it, dropping whatever a killed writer left uncommitted.
+
+        First every chunk under the committed tail is decoded, which checks its checksum: a
+        damaged one raises :class:`~pipelines.storage.errors.StoreCorruptedError` naming the store,
+        the chunk and "corrupt", and nothing is written or removed."""
         url = str(url)
         # First the lock: recovering a store that a live writer is writing would truncate its
         # current episode.
@@ -109,6 +113,9 @@ class EpisodeStoreWriter:
     @classmethod
     def _recover(cls, url: str, lock: WriterLock) -> EpisodeStoreWriter:
         committed = EpisodeStore(url)  # raises, and deletes nothing, if the store is unusable
+        # Every committed chunk must decode with its zstd checksum before anything is appended:
+        # a new part written after a damaged one would hide the damage in a store that looks whole.
+        committed.verify_chunks()
         fs, path = locations.filesystem(url)
         for stray in fs.find(path):
             if stray.endswith(".partial"):
