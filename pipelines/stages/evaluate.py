@@ -1,5 +1,6 @@
 """The ``evaluate@i`` stage: test episodes with the iteration's agent, the Crafter score, held-out
-losses, reconstructions and a test-episode video (paper §2.3)."""
+losses, reconstructions, a test-episode video (paper §2.3) and a dream of the world model beside
+the test episodes (``media/<i>/dream.png`` and ``dream.mp4``, see ``pipelines/viewer/dream.py``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from iris_core.training.evaluate import (
     reconstructions,
     summarise_test_episodes,
 )
-from pipelines.stages.common import StageContext, write_json
+from pipelines.stages.common import StageContext, stage_seed, write_json
 from pipelines.stages.media import write_reconstruction_grid, write_video
 from pipelines.stages.result import StageResult
+from pipelines.viewer.dream import seeded_dream
 
 NUM_RECONSTRUCTIONS = 16
+# The dream of each evaluation: a few test-episode segments, a short horizon (seconds on a CPU).
+DREAM_SEGMENTS = 2
+DREAM_HORIZON = 8
 
 
 def evaluation_env_seed(seed: int, iteration: int) -> int:
@@ -49,6 +54,13 @@ def run_evaluate(ctx: StageContext, iteration: int) -> StageResult:
     if test_set.num_episodes > 0:
         write_video(test_set.episodes[0].obs, media / "test_episode.mp4")
         artifacts.append((media / "test_episode.mp4", "media"))
+    # The world model replays the test episodes' actions from their real frames; its own seed, and
+    # the torch generators are left as they were (the stage's results do not depend on the dream).
+    dream_seed = stage_seed(config.common.seed, "evaluate", iteration)
+    dream_files = seeded_dream(
+        agent, test_set, media, seed=dream_seed, num_segments=DREAM_SEGMENTS, horizon=DREAM_HORIZON
+    )
+    artifacts += [(path, "media") for path in dream_files or ()]
     metrics["evaluate/seconds"] = time.perf_counter() - started
 
     evidence = {

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iris_core.data.structures import SegmentId
+from iris_core.data.structures import EpisodeSource, SegmentId
 from iris_core.models.agent import Agent
-from pipelines.storage import ZarrEpisodeDataset
 from pipelines.viewer.render import (
     border,
     caption,
@@ -84,7 +83,7 @@ def pick_segments(
 @torch.no_grad()
 def dream(
     agent: Agent,
-    dataset: ZarrEpisodeDataset,
+    dataset: EpisodeSource,
     *,
     num_segments: int = 3,
     horizon: int = 16,
@@ -203,3 +202,30 @@ def render(result: Dream, out_dir: Path, fps: float = 3.0, stem: str = "dream") 
     video = write_mp4(video_frames(result), out_dir / f"{stem}.mp4", fps=fps)
     png = write_png(strip(result), out_dir / f"{stem}.png")
     return video, png
+
+
+def seeded_dream(
+    agent: Agent,
+    source: EpisodeSource,
+    out_dir: Path,
+    *,
+    seed: int,
+    num_segments: int = 3,
+    horizon: int = 8,
+    fps: float = 3.0,
+    stem: str = "dream",
+) -> tuple[Path, Path] | None:
+    """A small dream for a stage that must stay reproducible (the evaluation): ``num_segments``
+    segments of ``source``, at most ``horizon`` dreamed steps (fewer when the longest episode is
+    shorter), rendered to ``<out_dir>/<stem>.mp4`` and ``.png``. Seeded by ``seed`` alone, and
+    every torch generator it touches (CPU, and the agent's CUDA device) is restored afterwards, so
+    whatever runs next draws the same numbers as without it. None when no episode is longer than
+    the world model's context."""
+    context = agent.config.actor_critic.burn_in_length + 1
+    horizon = min(horizon, int(source.episode_lengths().max(initial=0)) - context)
+    if horizon < 1:
+        return None
+    devices = [agent.device] if agent.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        result = dream(agent, source, num_segments=num_segments, horizon=horizon, seed=seed)
+    return render(result, out_dir, fps=fps, stem=stem)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,10 @@ from typer.testing import CliRunner
 from iris_core.data.structures import SegmentId
 from pipelines.storage import ZarrEpisodeDataset
 from pipelines.viewer.cli import dream as dream_command
-from pipelines.viewer.dream import Dream, dream, pick_segments, render
+from pipelines.viewer.dream import Dream, dream, pick_segments, render, seeded_dream
 from pipelines.viewer.models import LoadedAgent, ModelNotFoundError, load_agent
 from pipelines.viewer.render import count_video_frames
+from pipelines.viewer.runs import stage_runs
 from pipelines.viewer.world_model_env import WorldModelEnv
 
 HORIZON = 4
@@ -149,6 +151,50 @@ def test_cli_from_an_iteration_and_from_the_registry(workspace: Path, tmp_path: 
     assert count_video_frames(tmp_path / "b" / "dream-delta-iris-crafter-champion.mp4") == 6 + 2
     run = runner.invoke(app, [*common, "-i", "9", "-o", str(tmp_path / "c")])
     assert run.exit_code == 2 and "no tokenizer checkpoint" in run.output
+
+
+def test_seeded_dream_is_reproducible_and_leaves_the_generators_as_they_were(
+    loaded: LoadedAgent, dataset: ZarrEpisodeDataset, tmp_path: Path
+) -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = seeded_dream(loaded.agent, dataset, tmp_path / "a", seed=5, num_segments=1, horizon=2)
+    assert torch.equal(torch.get_rng_state(), before)  # what runs next draws the same numbers
+    second = seeded_dream(loaded.agent, dataset, tmp_path / "b", seed=5, num_segments=1, horizon=2)
+    assert first is not None and second is not None
+    assert first[1].read_bytes() == second[1].read_bytes()  # the same strip, pixel for pixel
+    assert count_video_frames(first[0]) == loaded.config.actor_critic.burn_in_length + 1 + 2
+
+    class ShortEpisodes:
+        def episode_lengths(self) -> np.ndarray:
+            return np.array([3, 6])
+
+    # No episode longer than the context (6 frames): nothing to dream, nothing written.
+    short = seeded_dream(loaded.agent, ShortEpisodes(), tmp_path / "c", seed=0)  # type: ignore[arg-type]
+    assert short is None and not (tmp_path / "c").exists()
+
+
+def test_each_evaluation_logs_a_dream_strip_and_video_to_its_mlflow_run(workspace: Path) -> None:
+    """evaluate@i dreams on its test episodes: media/<i>/dream.{png,mp4}, also in its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.stages.evaluate import DREAM_HORIZON, DREAM_SEGMENTS
+    from pipelines.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(workspace))
+    evaluations = stage_runs(workspace).query("stage == 'evaluate' and status == 'FINISHED'")
+    assert sorted(evaluations["iteration"]) == [1, 2, 3]
+    context = load_agent(workspace, 1, device="cpu").config.actor_critic.burn_in_length + 1
+    for run in evaluations.itertuples():
+        media = workspace / "media" / str(run.iteration)
+        logged = {a.path for a in client.list_artifacts(run.run_id, "media")}
+        assert {"media/dream.png", "media/dream.mp4"} <= logged, logged
+        longest = max(json.loads((workspace / "evaluation" / f"{run.iteration}.json").read_text())["lengths"])
+        horizon = min(DREAM_HORIZON, longest - context)
+        assert count_video_frames(media / "dream.mp4") == context + horizon
+        width, height = Image.open(media / "dream.png").size
+        # Context frame + horizon columns of 128 pixels, two rows per segment.
+        assert width >= (horizon + 1) * 128 and height >= DREAM_SEGMENTS * 2 * 128
 
 
 def test_load_agent_rejects_an_unknown_model(workspace: Path) -> None:
