@@ -87,19 +87,29 @@ def report(
         Path | None, typer.Option("--out", "-o", help="Output folder (default: <workspace>/views/report).")
     ] = None,
     with_dream: Annotated[
-        bool, typer.Option("--dream/--no-dream", help="Include a dream strip of the latest agent.")
+        bool,
+        typer.Option(
+            "--dream/--no-dream",
+            help="Dream with the latest agent on the training episodes (--no-dream: show the latest "
+            "evaluation's dream, if any).",
+        ),
     ] = True,
+    mlflow: Annotated[
+        bool,
+        typer.Option("--mlflow", help="Also attach the report to the campaign's MLflow run (report/)."),
+    ] = False,
     device: DeviceOption = "auto",
 ) -> None:
-    """Write the campaign's report: learning curves, evaluation returns with confidence intervals,
-    Crafter achievements or Atari scores, the registry history, reconstructions and a dream."""
+    """Write the campaign's report: learning curves, the tokenizer's codebook, evaluation returns
+    with confidence intervals, Crafter achievements or Atari scores, the registry history,
+    reconstructions and a dream."""
     import tempfile
 
     from pipelines.storage import StoreError, ZarrEpisodeDataset
     from pipelines.viewer.dream import dream as run_dream
     from pipelines.viewer.dream import render
     from pipelines.viewer.models import ModelNotFoundError, load_agent
-    from pipelines.viewer.report import write_report
+    from pipelines.viewer.report import attach_to_run, campaign_mlflow, write_report
 
     if not (workspace / "params.yaml").is_file():
         raise _fail(f"{workspace} is not a workspace (no params.yaml)")
@@ -117,8 +127,14 @@ def report(
                 _, dream_png = render(result, Path(scratch), stem="dream")
             except (ModelNotFoundError, StoreError, ValueError) as error:
                 typer.echo(f"no dream in the report: {error}", err=True)
-        html_path, md_path = write_report(workspace, out, dream_png)
-    typer.echo(f"HTML: {html_path}\nMarkdown: {md_path}")
+        written = write_report(workspace, out, dream_png)
+    typer.echo(f"HTML: {written.html}\nMarkdown: {written.markdown}")
+    if mlflow:
+        where = campaign_mlflow(workspace)
+        if where is None:
+            raise _fail("no promotion/<i>.json names the campaign's MLflow run yet")
+        path = attach_to_run(written, where["tracking_uri"], where["parent_run_id"])
+        typer.echo(f"MLflow: run {where['parent_run_id']}, artifact {path}")
 
 
 def play(

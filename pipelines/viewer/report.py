@@ -4,19 +4,26 @@ The page is a list of sections, each with paragraphs, tables and images; the sam
 written twice: ``report.html`` with every image embedded (base64), for sending around, and
 ``report.md`` next to a ``figures/`` folder, for reading in a repository. Plots are matplotlib
 PNGs drawn without a display (the Agg canvas).
+
+The flow (``pipelines/flows/train.py``) writes the report after a campaign's last promotion,
+attaches the folder to the campaign's MLflow parent run (:func:`attach_to_run`) and publishes
+:func:`artifact_markdown` (the tables, without the pictures) as a Prefect artifact.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -26,6 +33,8 @@ from pipelines.viewer import campaign
 from pipelines.workspace import Workspace
 
 NOT_LOSSES = {"step", "epoch", "iteration"}
+# The tokenizer's codebook, per iteration (metrics/tokenizer/<i>.json): mean per logged step.
+CODEBOOK_COLUMNS = ("codebook_entropy", "codewords_dead", "codewords_revived")
 
 
 @dataclass
@@ -101,19 +110,86 @@ def plot_achievements(rates: dict[str, float], iteration: int) -> Figure:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_sections(workspace: Path, figures: Path, dream_png: Path | None) -> list[Section]:
-    experiment = load_experiment(params_file=Workspace(workspace).params)
-    env = experiment.config.env.test
-    sections = [
-        Section(
-            "Campaign",
-            [
-                f"Workspace `{workspace}`: environment {env.kind}{f' ({env.id})' if env.id else ''}, "
-                f"{len(experiment.loop.iterations)} iterations planned, "
-                f"{experiment.loop.epochs_per_iteration} paper epoch(s) per iteration."
-            ],
+@dataclass(frozen=True)
+class CampaignFacts:
+    env_kind: str
+    env_id: str | None
+    iterations: int
+    epochs_per_iteration: int | None
+    note: str | None = None  # why the facts come from the raw params.yaml
+
+
+def campaign_facts(workspace: Path) -> CampaignFacts:
+    """What the report says about the campaign's setup. A ``params.yaml`` that this code version no
+    longer loads (an older config schema) is read as plain YAML instead: the report of an old
+    workspace still works."""
+    params = Workspace(workspace).params
+    try:
+        experiment = load_experiment(params_file=params)
+    except (ValueError, OSError, yaml.YAMLError) as error:  # ConfigError is a ValueError
+        try:
+            raw = yaml.safe_load(params.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            raw = {}
+        env = (raw.get("env") or {}).get("test") or (raw.get("env") or {}).get("train") or {}
+        loop = raw.get("loop") or {}
+        note = f"`params.yaml` does not load with this code version ({str(error).splitlines()[0]})."
+        return CampaignFacts(
+            str(env.get("kind", "unknown")),
+            env.get("id"),
+            len(loop.get("iterations") or {}),
+            loop.get("epochs_per_iteration"),
+            note,
         )
-    ]
+    env_config = experiment.config.env.test
+    loop_config = experiment.loop
+    return CampaignFacts(
+        env_config.kind, env_config.id, len(loop_config.iterations), loop_config.epochs_per_iteration
+    )
+
+
+def codebook_table(workspace: Path) -> pd.DataFrame:
+    """Per iteration, the tokenizer's codebook metrics (``metrics/tokenizer/<i>.json``): entropy,
+    dead codewords found by the codebook updates (the reference code's "revived") and how many of
+    them were replaced, each a mean per logged step."""
+    folder = workspace / "metrics" / "tokenizer"
+    rows = []
+    for i in campaign.iterations_of(folder, ".json"):
+        values = json.loads((folder / f"{i}.json").read_text())
+        row: dict[str, Any] = {"iteration": i}
+        for column in CODEBOOK_COLUMNS:
+            row[column] = values.get(f"tokenizer/iteration/{column}", float("nan"))
+        if any(not np.isnan(row[c]) for c in CODEBOOK_COLUMNS):
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["iteration", *CODEBOOK_COLUMNS])
+
+
+def latest_media(workspace: Path, name: str) -> Path | None:
+    """``media/<i>/<name>`` of the latest evaluated iteration that has one."""
+    found = sorted(
+        (int(p.parent.name), p) for p in (workspace / "media").glob(f"*/{name}") if p.parent.name.isdigit()
+    )
+    return found[-1][1] if found else None
+
+
+def build_sections(workspace: Path, figures: Path, dream_png: Path | None) -> list[Section]:
+    facts = campaign_facts(workspace)
+    kind, env_id = facts.env_kind, facts.env_id
+    per_iteration = (
+        f", {facts.epochs_per_iteration} paper epoch(s) per iteration"
+        if facts.epochs_per_iteration is not None
+        else ""
+    )
+    overview = Section(
+        "Campaign",
+        [
+            f"Workspace `{workspace}`: environment {kind}{f' ({env_id})' if env_id else ''}, "
+            f"{facts.iterations} iterations planned{per_iteration}."
+        ],
+    )
+    if facts.note:
+        overview.paragraphs.append(facts.note)
+    sections = [overview]
 
     curves = campaign.learning_curves(workspace)
     learning = Section("Learning curves", ["From `plots/<component>/<i>.tsv` (dotted: a new iteration)."])
@@ -122,21 +198,29 @@ def build_sections(workspace: Path, figures: Path, dream_png: Path | None) -> li
         learning.images.append((f"curves_{component}.png", f"{component} losses and metrics"))
     if not curves:
         learning.paragraphs.append("No training curve yet.")
+    codebook = codebook_table(workspace)
+    if len(codebook):
+        learning.paragraphs.append(
+            "Tokenizer codebook per iteration (mean per logged step): `codewords_dead` counts the "
+            "dead codewords each codebook update found (what the reference code logs as revived), "
+            "`codewords_revived` how many of them were replaced."
+        )
+        learning.tables.append(codebook.round(3))
     sections.append(learning)
 
     evals = campaign.evaluations(workspace)
-    table = campaign.evaluation_table(evals, env.kind, env.id)
+    table = campaign.evaluation_table(evals, kind, env_id)
     returns = Section("Evaluation", ["Returns of the test episodes of each evaluated iteration."])
     if len(table):
         save_figure(plot_returns(table), figures / "returns.png")
         returns.images.append(("returns.png", "mean return and 95% bootstrap interval per iteration"))
         returns.tables.append(table.round(3))
         latest = evals[-1]
-        if env.kind == "crafter" and latest.achievements:
+        if kind == "crafter" and latest.achievements:
             rates = campaign.achievement_rates(latest)
             save_figure(plot_achievements(rates, latest.iteration), figures / "achievements.png")
             returns.images.append(("achievements.png", "Crafter success rates"))
-        elif env.kind == "atari" and "human_normalized" in table:
+        elif kind == "atari" and "human_normalized" in table:
             returns.paragraphs.append("Human-normalised score: (return − random) / (human − random).")
     else:
         returns.paragraphs.append("No evaluation yet (`evaluation/<i>.json`).")
@@ -157,12 +241,7 @@ def build_sections(workspace: Path, figures: Path, dream_png: Path | None) -> li
     sections.append(registry)
 
     media = Section("World model", [])
-    recons = sorted(
-        (int(p.parent.name), p)
-        for p in (workspace / "media").glob("*/reconstructions.png")
-        if p.parent.name.isdigit()
-    )
-    latest_recon = recons[-1][1] if recons else None
+    latest_recon = latest_media(workspace, "reconstructions.png")
     if latest_recon is not None:
         name = "reconstructions.png"
         (figures / name).write_bytes(latest_recon.read_bytes())
@@ -170,6 +249,15 @@ def build_sections(workspace: Path, figures: Path, dream_png: Path | None) -> li
     if dream_png is not None:
         (figures / "dream.png").write_bytes(dream_png.read_bytes())
         media.images.append(("dream.png", "the world model replaying real actions (bottom rows) vs reality"))
+    elif (evaluation_dream := latest_media(workspace, "dream.png")) is not None:
+        (figures / "dream.png").write_bytes(evaluation_dream.read_bytes())
+        media.images.append(
+            (
+                "dream.png",
+                f"the world model replaying test-episode actions (bottom rows) vs reality, "
+                f"evaluation of iteration {evaluation_dream.parent.name}",
+            )
+        )
     if media.images:
         sections.append(media)
     return sections
@@ -183,10 +271,12 @@ def build_sections(workspace: Path, figures: Path, dream_png: Path | None) -> li
 def _cell(value: object) -> str:
     if isinstance(value, float) and np.isnan(value):
         return ""
-    return "" if value is None else str(value)
+    return "" if value is None else str(value).replace("|", "\\|")
 
 
-def to_markdown(title: str, sections: Sequence[Section]) -> str:
+def to_markdown(title: str, sections: Sequence[Section], pictures: bool = True) -> str:
+    """The report as Markdown; ``pictures=False`` names each figure instead of showing it (for
+    places that cannot reach ``figures/``, such as a Prefect artifact)."""
     lines = [f"# {title}", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
@@ -197,8 +287,11 @@ def to_markdown(title: str, sections: Sequence[Section]) -> str:
             lines.append("|" + " --- |" * len(t.columns))
             lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in t.itertuples(index=False)]
             lines.append("")
-        for name, text in s.images:
-            lines += [f"![{text}](figures/{name})", ""]
+        if pictures:
+            for name, text in s.images:
+                lines += [f"![{text}](figures/{name})", ""]
+        elif s.images:
+            lines += [f"- figure `{name}`: {text}" for name, text in s.images] + [""]
     return "\n".join(lines)
 
 
@@ -230,8 +323,20 @@ def to_html(title: str, sections: Sequence[Section], figures: Path) -> str:
     )
 
 
-def write_report(workspace: Path, out: Path, dream_png: Path | None = None) -> tuple[Path, Path]:
-    """``<out>/report.html`` (self-contained) and ``<out>/report.md`` (with ``<out>/figures/``)."""
+@dataclass(frozen=True)
+class Report:
+    title: str
+    sections: list[Section]
+    folder: Path
+    html: Path  # self-contained
+    markdown: Path  # beside figures/
+
+
+def write_report(workspace: Path, out: Path, dream_png: Path | None = None) -> Report:
+    """``<out>/report.html`` (self-contained) and ``<out>/report.md`` (with ``<out>/figures/``).
+
+    ``dream_png``: a dream strip to show; without it, the latest evaluation's (``media/<i>/dream.png``).
+    """
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sections = build_sections(workspace, figures, dream_png)
@@ -239,4 +344,45 @@ def write_report(workspace: Path, out: Path, dream_png: Path | None = None) -> t
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text(to_html(title, sections, figures))
     md_path.write_text(to_markdown(title, sections))
-    return html_path, md_path
+    return Report(title, sections, out, html_path, md_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing: the campaign's MLflow parent run, the flow's Prefect artifact
+# ---------------------------------------------------------------------------------------------
+
+REPORT_ARTIFACT_PATH = "report"
+
+
+def campaign_mlflow(workspace: Path) -> dict[str, Any] | None:
+    """Where the campaign's runs are: the ``mlflow`` record (``tracking_uri``, ``experiment_id``,
+    ``parent_run_id``, ...) of the latest ``promotion/<i>.json`` that names a parent run."""
+    folder = workspace / "promotion"
+    for i in reversed(campaign.iterations_of(folder, ".json")):
+        try:
+            record = json.loads((folder / f"{i}.json").read_text()).get("mlflow") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if record.get("parent_run_id") and record.get("tracking_uri"):
+            return dict(record)
+    return None
+
+
+def attach_to_run(report: Report, tracking_uri: str, run_id: str) -> str:
+    """Log the report folder (HTML, Markdown, figures) as artifacts ``report/`` of an MLflow run
+    (a second call replaces the files); returns the artifact path of the HTML page."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).log_artifacts(run_id, str(report.folder), REPORT_ARTIFACT_PATH)
+    return f"{REPORT_ARTIFACT_PATH}/{report.html.name}"
+
+
+def artifact_markdown(report: Report, links: Mapping[str, str] | None = None) -> str:
+    """The report as a Prefect markdown artifact: ``links`` (label → URL) first, then every section
+    with its paragraphs and tables; figures are named, not shown (they are in the HTML page)."""
+    text = to_markdown(report.title, report.sections, pictures=False)
+    head, _, rest = text.partition("\n\n")
+    lines = [head, ""]
+    lines += [f"- [{label}]({url})" for label, url in (links or {}).items()]
+    lines += [f"- HTML page with the figures: `{report.html}`", "", rest]
+    return "\n".join(lines)

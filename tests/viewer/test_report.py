@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
+from typer.testing import CliRunner
 
 from pipelines.viewer import campaign
-from pipelines.viewer.report import write_report
+from pipelines.viewer.cli import report as report_command
+from pipelines.viewer.report import artifact_markdown, codebook_table, write_report
 
 
 def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_episodes() -> None:
@@ -64,7 +67,8 @@ def test_tables_from_evaluation_and_promotion_files(tmp_path: Path) -> None:
 def test_report_of_the_tiny_campaign(workspace: Path, tmp_path: Path) -> None:
     dream_png = tmp_path / "dream.png"
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(dream_png)
-    html_path, md_path = write_report(workspace, tmp_path / "out", dream_png)
+    report = write_report(workspace, tmp_path / "out", dream_png)
+    html_path, md_path = report.html, report.markdown
 
     markdown = md_path.read_text()
     for title in ("## Learning curves", "## Evaluation", "## Model registry", "## World model"):
@@ -77,9 +81,42 @@ def test_report_of_the_tiny_campaign(workspace: Path, tmp_path: Path) -> None:
         assert Image.open(md_path.parent / image).size[0] > 10
     # The registry history: one row per promotion file, the first one promoted.
     assert "| 1 | delta-iris-crafter | 1 | promoted |" in markdown
+    # The tokenizer's codebook per iteration: dead codewords found next to those revived.
+    assert "| iteration | codebook_entropy | codewords_dead | codewords_revived |" in markdown
+    assert len(codebook_table(workspace)) == 3
 
     page = html_path.read_text()
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == len(images)
     assert all(base64.b64decode(data).startswith(b"\x89PNG") for data in embedded)
     assert 'src="figures/' not in page and "<table" in page
+
+
+def test_without_a_dream_the_report_shows_the_latest_evaluations(workspace: Path, tmp_path: Path) -> None:
+    report = write_report(workspace, tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "dream.png").read_bytes() == (
+        workspace / "media" / "3" / "dream.png"
+    ).read_bytes()
+    text = artifact_markdown(report, {"the run": "http://example/run"})
+    assert text.startswith(f"# {report.title}\n\n- [the run](http://example/run)\n")
+    assert "- figure `dream.png`: the world model replaying test-episode actions" in text
+    assert "](figures/" not in text and "| 1 | delta-iris-crafter | 1 | promoted |" in text
+
+
+def test_cli_attaches_the_report_to_the_campaigns_mlflow_run(workspace: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    app = typer.Typer()
+    app.command()(report_command)
+    out = tmp_path / "report"
+    run = CliRunner().invoke(app, ["--workspace", str(workspace), "--no-dream", "--mlflow", "-o", str(out)])
+    assert run.exit_code == 0, run.output
+    tracking = json.loads((workspace / "promotion" / "3.json").read_text())["mlflow"]
+    assert f"MLflow: run {tracking['parent_run_id']}, artifact report/report.html" in run.output
+    client = MlflowClient(tracking["tracking_uri"])
+    parent = client.get_run(tracking["parent_run_id"])
+    assert parent.data.tags["iris.run_kind"] == "campaign"
+    listed = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/figures"} <= listed
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "report/figures")}
+    assert {"report/figures/returns.png", "report/figures/dream.png"} <= figures
