@@ -1,4 +1,5 @@
-"""What the flow shows in Prefect's UI: one markdown summary per iteration, one progress bar.
+"""What the flow shows in Prefect's UI: one markdown summary per iteration, one progress bar, and
+the campaign's report (``iris report``) after its last promotion.
 
 Built from the files the stages leave behind (`metrics/<stage>/<i>.json`, flat `{name: float}`;
 `promotion/<i>.json`, the promotion decision with its evidence and the MLflow run ids). Pure
@@ -32,6 +33,11 @@ def mlflow_ui_base() -> str:
 
 def mlflow_run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def mlflow_artifact_url(base: str, experiment_id: str, run_id: str, path: str) -> str:
+    """The MLflow UI's page of one artifact of a run (it previews HTML and images)."""
+    return f"{mlflow_run_url(base, experiment_id, run_id)}/artifactPath/{path}"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 Each stage is one task running `dvc repro --single-item <stage>`, so DVC alone decides what is up to
 date: re-running the flow on a workspace resumes it (finished stages are fast no-ops). The flow holds
 the workspace's campaign lock for its whole run, retries transient stage failures only, publishes a
-markdown summary as each iteration completes and keeps a progress artifact for the campaign. Tasks
-hand on identifiers (paths, stage names, metric dicts), never tensors.
+markdown summary as each iteration completes and keeps a progress artifact for the campaign. After
+the campaign's last promotion it writes the campaign's report (``iris report``), attaches it to the
+campaign's MLflow parent run and publishes it (markdown and link artifacts). Tasks hand on
+identifiers (paths, stage names, metric dicts), never tensors.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -25,6 +32,8 @@ from pipelines.flows.prepare import is_workspace, prepare_workspace
 from pipelines.flows.reports import (
     artifact_key,
     iteration_markdown,
+    mlflow_artifact_url,
+    mlflow_ui_base,
     promotion_summary,
     read_iteration,
 )
@@ -93,6 +102,48 @@ def publish_iteration(workspace: str, iteration: str, campaign: str) -> dict[str
     return {"artifact": key, "promotion": promotion_summary(record)}
 
 
+@task(name="publish-report", cache_policy=NO_CACHE, persist_result=False)
+def publish_report(workspace: str, campaign: str) -> dict[str, Any]:
+    """The campaign's report in ``<workspace>/views/report`` (with the latest evaluation's dream, no
+    new one), attached to the campaign's MLflow parent run under ``report/`` and published as a
+    markdown artifact (its tables) and a link artifact (its HTML page: in MLflow's UI when attached,
+    else the file). A report that cannot be made is a warning, not a failed campaign."""
+    from pipelines.viewer.report import artifact_markdown, attach_to_run, campaign_mlflow, write_report
+
+    logger = get_run_logger()
+    root = Path(workspace)
+    try:
+        report = write_report(root, root / "views" / "report")
+    except Exception as error:  # a view of the results: the campaign itself has succeeded
+        logger.warning("No report for campaign %s: %s: %s", campaign, type(error).__name__, error)
+        return {"error": f"{type(error).__name__}: {error}"}
+    links: dict[str, str] = {}
+    attached: dict[str, str] | None = None
+    tracking = campaign_mlflow(root)
+    if tracking is not None:
+        run_id = str(tracking["parent_run_id"])
+        try:
+            path = attach_to_run(report, str(tracking["tracking_uri"]), run_id)
+        except Exception as error:  # the tracking store is unreachable or refuses the files
+            logger.warning("Report not attached to MLflow run %s: %s", run_id, error)
+        else:
+            attached = {"run_id": run_id, "path": path}
+            if tracking.get("experiment_id") is not None:
+                url = mlflow_artifact_url(mlflow_ui_base(), str(tracking["experiment_id"]), run_id, path)
+                links["report in MLflow"] = url
+    key, link_key = artifact_key(campaign, "report"), artifact_key(campaign, "report-html")
+    create_markdown_artifact(
+        markdown=artifact_markdown(report, links), key=key, description=f"Report of campaign {campaign}"
+    )
+    create_link_artifact(
+        link=links.get("report in MLflow", report.html.resolve().as_uri()),
+        link_text=f"report of campaign {campaign}",
+        key=link_key,
+        description="The report's HTML page, with its figures",
+    )
+    return {"artifact": key, "link_artifact": link_key, "html": str(report.html), "mlflow": attached}
+
+
 def _resolve_inputs(root: Path, params_yaml: str | None, dvc_yaml: str | None) -> tuple[str, str] | None:
     """The params text and dvc.yaml path to prepare the workspace with; None to use it as it is."""
     if params_yaml is None and dvc_yaml is None and is_workspace(root):
@@ -130,6 +181,9 @@ def train(
     Returns:
         `{"workspace", "campaign", "saved_experiment", "stages": [{"stage", "ran", "seconds"}],
         "ran": [stage, ...], "iterations": {i: {"artifact", "promotion"}}, "progress_artifact"}`.
+        `"report"`: what the campaign's report became after the last promotion (`{"artifact",
+        "link_artifact", "html", "mlflow"}`, `{"error"}` if it could not be written, None when the
+        plan has no promotion).
     """
     if retries < 0 or retry_delay_seconds < 0:
         raise ValueError(f"retries ({retries}) and retry_delay_seconds ({retry_delay_seconds}) must be >= 0")
@@ -153,6 +207,9 @@ def train(
             ),
         )
         closing = {plan.closing_stage(i): i for i in plan.iterations}
+        promotions = [stage for stage in stages if stage.startswith("promote@")]
+        last_promotion = promotions[-1] if promotions else None
+        report: dict[str, Any] | None = None
         stage_env = {"IRIS_CAMPAIGN": name, "IRIS_FLOW_RUN_ID": str(flow_run.id or "")}
         run = repro_stage.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)
         outcomes: list[dict[str, Any]] = []
@@ -178,6 +235,8 @@ def train(
                 )
             if stage in closing:
                 iterations[closing[stage]] = publish_iteration(str(root), closing[stage], name)
+            if stage == last_promotion:
+                report = publish_report(str(root), name)
     return {
         "workspace": str(root),
         "campaign": name,
@@ -186,6 +245,7 @@ def train(
         "ran": [outcome["stage"] for outcome in outcomes if outcome["ran"]],
         "iterations": iterations,
         "progress_artifact": progress_key,
+        "report": report,
     }
 
 
