@@ -14,9 +14,12 @@ import numpy as np
 
 from pipelines.viewer import keymaps
 from pipelines.viewer.play_modes import Frame, PlayState, RealEnvMode, ReplayMode, WorldModelMode
-from pipelines.viewer.render import caption, to_image, upscale, vstack, write_mp4
+from pipelines.viewer.render import caption, fit_lines, to_image, upscale, vstack, write_mp4
 
 Mode = RealEnvMode | WorldModelMode | ReplayMode
+# The key help under the picture, wrapped to the window's width.
+KEY_HINTS = ("[.] pause", "[n] step", "[enter] reset", "[h] header", "[,] record", "[esc] quit")
+REPLAY_HINTS = ("[<-/->] frame", "[pgup/pgdn] 10", "[up/down] episode")
 PYGAME_MISSING = (
     "the play window needs pygame: pip install -e '.[gui]' (or use --record N for a video without a window)"
 )
@@ -63,11 +66,14 @@ def run_window(
     except ImportError:
         raise RuntimeError(PYGAME_MISSING) from None
 
-    pygame.init()
+    pygame.display.init()  # the window only: no audio device (the mixer would open one)
     state = PlayState(show_header=show_header)
     frame = mode.reset()
     image = compose(frame, action_names, scale, state.show_header)
-    screen = pygame.display.set_mode((image.shape[1], image.shape[0] + 48))
+    hints = [*KEY_HINTS, *(REPLAY_HINTS if isinstance(mode, ReplayMode) else ())]
+    hint = caption(image.shape[1], fit_lines(hints, image.shape[1], size=11), size=11)
+    hint_surface = pygame.surfarray.make_surface(hint.swapaxes(0, 1))
+    screen = pygame.display.set_mode((image.shape[1], image.shape[0] + 8 + hint.shape[0]))
     pygame.display.set_caption("Δ-IRIS play")
     clock = pygame.time.Clock()
     segment: list[np.ndarray] = []
@@ -121,11 +127,7 @@ def run_window(
             episode.append(image)
         screen.fill((24, 24, 24))
         screen.blit(pygame.surfarray.make_surface(image.swapaxes(0, 1)), (0, 0))
-        hint = "[.] pause [n] step [enter] reset [h] header [,] record [esc] quit" + (
-            "  [<-/->] frame [pgup/pgdn] 10 [up/down] episode" if isinstance(mode, ReplayMode) else ""
-        )
-        screen.blit(pygame.surfarray.make_surface(caption(image.shape[1], [hint], size=11).swapaxes(0, 1)),
-                    (0, image.shape[0] + 8))  # fmt: skip
+        screen.blit(hint_surface, (0, image.shape[0] + 8))
         pygame.display.flip()
         clock.tick(fps)
     flush(segment, "segment")

@@ -46,6 +46,22 @@ def caption(width: int, lines: Sequence[str], size: int = 12, line_height: int =
     return np.asarray(canvas)
 
 
+def fit_lines(items: Sequence[str], width: int, size: int = 12, separator: str = "  ") -> list[str]:
+    """``items`` joined into as few lines as fit ``width`` pixels (an item wider than that gets a
+    line of its own)."""
+    measure = font(size)
+    lines: list[str] = []
+    current = ""
+    for item in items:
+        candidate = f"{current}{separator}{item}" if current else item
+        if current and measure.getlength(candidate) > width - 8:
+            lines.append(current)
+            current = item
+        else:
+            current = candidate
+    return [*lines, current] if current else lines
+
+
 def border(image: np.ndarray, color: tuple[int, int, int], width: int = 3) -> np.ndarray:
     """A copy of ``image`` framed in ``color`` (marks terminations)."""
     out = image.copy()

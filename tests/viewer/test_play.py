@@ -17,9 +17,9 @@ from pipelines.viewer import keymaps
 from pipelines.viewer.cli import play
 from pipelines.viewer.dream import action_names
 from pipelines.viewer.models import LoadedAgent, load_agent
-from pipelines.viewer.play import PYGAME_MISSING, compose, header_lines, run_window
-from pipelines.viewer.play_modes import PlayState, ReplayMode, WorldModelMode
-from pipelines.viewer.render import count_video_frames
+from pipelines.viewer.play import KEY_HINTS, PYGAME_MISSING, REPLAY_HINTS, compose, header_lines, run_window
+from pipelines.viewer.play_modes import PlayState, RealEnvMode, ReplayMode, WorldModelMode
+from pipelines.viewer.render import count_video_frames, fit_lines
 
 CRAFTER = action_names("crafter", 17)
 BREAKOUT = ["NOOP", "FIRE", "RIGHT", "LEFT"]
@@ -162,3 +162,105 @@ def test_window_loop_with_scripted_keys(
     assert mode.episode_id == 1 and mode.t == 0  # moved 3 frames, then "down" switched episode
     [segment] = tmp_path.glob("segment-*.mp4")
     assert count_video_frames(segment) == 3  # the ticks between the two "," presses
+
+
+def test_headless_recording_is_a_playable_video_of_exactly_the_frames_shown(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """`--record N` of the replay (stored frames: known in advance) decodes back, with ffmpeg, into
+    N H.264 frames at the asked rate, each the picture the window would show at that step."""
+    import imageio_ffmpeg
+
+    app = typer.Typer()
+    app.command()(play)
+    out = tmp_path / "replay.mp4"
+    args = [
+        "--workspace",
+        str(workspace),
+        "-e",
+        "--record",
+        "7",
+        "--fps",
+        "5",
+        "--size",
+        "128",
+        "-o",
+        str(out),
+    ]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+
+    assert imageio_ffmpeg.count_frames_and_secs(str(out)) == (7, pytest.approx(7 / 5))
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    assert meta["codec"] == "h264" and meta["fps"] == 5.0
+    width, height = meta["size"]
+    decoded = [np.frombuffer(data, np.uint8).reshape(height, width, 3) for data in reader]
+    assert len(decoded) == 7
+
+    manifest = max(int(p.stem) for p in (workspace / "data" / "manifests").glob("*.json"))
+    mode = ReplayMode(
+        ZarrEpisodeDataset.from_manifest(str(workspace / "data" / "manifests" / f"{manifest}.json"))
+    )
+    expected = [compose(mode.reset(), CRAFTER, 2, True)]
+    expected += [compose(mode.step(), CRAFTER, 2, True) for _ in range(6)]
+    for k, (got, want) in enumerate(zip(decoded, expected, strict=True)):
+        assert (height, width) == (-(-want.shape[0] // 16) * 16, -(-want.shape[1] // 16) * 16)
+        error = np.abs(got[: want.shape[0], : want.shape[1]].astype(int) - want).mean()
+        assert error < 8, (k, error)  # H.264 is lossy: close, not equal
+
+
+@pytest.mark.parametrize(
+    "kind", ["agent in the env", "human in the world model", "agent in the world model", "replay"]
+)
+def test_each_mode_in_the_window_shows_header_frame_and_keys(
+    kind: str, loaded: LoadedAgent, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window (SDL's dummy display) of every mode, driven by scripted keys: at the capture, the
+    window holds the header and frame of the mode's current frame, pixel for pixel, above the keys'
+    help, which fits the window's width."""
+    pygame = pytest.importorskip("pygame", reason="the window needs the gui extra")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    env = make_env(loaded.config.env.test, seed=3)
+    mode: RealEnvMode | WorldModelMode | ReplayMode
+    if kind == "replay":
+        dataset = ZarrEpisodeDataset.from_manifest(str(workspace / "data" / "manifests" / "2.json"))
+        mode, script = ReplayMode(dataset), [["right"], ["right"], ["down"], ["right"]]
+    elif kind == "agent in the env":
+        mode, script = RealEnvMode(env, loaded.agent), [[], [], ["."], []]
+    else:
+        human = kind.startswith("human")
+        mode, script = WorldModelMode(env, loaded.agent, human=human), [["d"], ["space"], ["s"], []]
+    real_get, real_flip = pygame.event.get, pygame.display.flip
+    shots: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def scripted_events() -> list[object]:
+        real_get()
+        keys = script.pop(0) if script else ["escape"]
+        codes = [pygame.key.key_code(k) for k in keys]
+        return [pygame.event.Event(t, key=c) for c in codes for t in (pygame.KEYDOWN, pygame.KEYUP)]
+
+    def flip() -> None:
+        real_flip()
+        current = mode._frame() if isinstance(mode, ReplayMode) else mode.frame
+        assert current is not None
+        paused = kind == "agent in the env" and len(shots) >= 2
+        expected = compose(current, CRAFTER, 2, True, paused)
+        shots.append((pygame.surfarray.array3d(pygame.display.get_surface()).swapaxes(0, 1), expected))
+
+    monkeypatch.setattr(pygame.event, "get", scripted_events)
+    monkeypatch.setattr(pygame.display, "flip", flip)
+    run_window(mode, CRAFTER, "crafter", human=kind.startswith("human"), scale=2, fps=100,
+               show_header=True, recordings=tmp_path, save_episodes=False)  # fmt: skip
+
+    assert len(shots) == 5  # the four scripted ticks and the one that reads Escape
+    hints = fit_lines([*KEY_HINTS, *(REPLAY_HINTS if kind == "replay" else ())], 128, size=11)
+    for window, expected in shots:
+        assert window.shape == (expected.shape[0] + 8 + 16 * len(hints), 128, 3)
+        np.testing.assert_array_equal(window[: expected.shape[0]], expected)
+        help_text = window[expected.shape[0] + 8 :]
+        assert (help_text != 24).any()  # the keys' help is drawn (not just background)
+    if kind == "replay":  # right, right, then the next episode, then right
+        assert (mode.episode_id, mode.t) == (1, 1)
+    if kind == "agent in the env":
+        assert mode.frame is not None and mode.frame.t == 2  # paused after two steps
