@@ -106,9 +106,17 @@ def publish_iteration(workspace: str, iteration: str, campaign: str) -> dict[str
 def publish_report(workspace: str, campaign: str) -> dict[str, Any]:
     """The campaign's report in ``<workspace>/views/report`` (with the latest evaluation's dream, no
     new one), attached to the campaign's MLflow parent run under ``report/`` and published as a
-    markdown artifact (its tables) and a link artifact (its HTML page: in MLflow's UI when attached,
-    else the file). A report that cannot be made is a warning, not a failed campaign."""
-    from pipelines.viewer.report import artifact_markdown, attach_to_run, campaign_mlflow, write_report
+    markdown artifact (its tables) and a link artifact: in MLflow's UI when attached, to
+    ``summary.html`` (text and tables, which the UI previews; ``report.html`` beside it has the
+    figures but is too large for the preview), else to the local ``report.html``. A report that
+    cannot be made is a warning, not a failed campaign."""
+    from pipelines.viewer.report import (
+        REPORT_ARTIFACT_PATH,
+        artifact_markdown,
+        attach_to_run,
+        campaign_mlflow,
+        write_report,
+    )
 
     logger = get_run_logger()
     root = Path(workspace)
@@ -129,17 +137,19 @@ def publish_report(workspace: str, campaign: str) -> dict[str, Any]:
         else:
             attached = {"run_id": run_id, "path": path}
             if tracking.get("experiment_id") is not None:
-                url = mlflow_artifact_url(mlflow_ui_base(), str(tracking["experiment_id"]), run_id, path)
-                links["report in MLflow"] = url
+                base, experiment = mlflow_ui_base(), str(tracking["experiment_id"])
+                summary = f"{REPORT_ARTIFACT_PATH}/{report.summary.name}"
+                links["summary in MLflow"] = mlflow_artifact_url(base, experiment, run_id, summary)
+                links["report with figures in MLflow"] = mlflow_artifact_url(base, experiment, run_id, path)
     key, link_key = artifact_key(campaign, "report"), artifact_key(campaign, "report-html")
     create_markdown_artifact(
         markdown=artifact_markdown(report, links), key=key, description=f"Report of campaign {campaign}"
     )
     create_link_artifact(
-        link=links.get("report in MLflow", report.html.resolve().as_uri()),
+        link=links.get("summary in MLflow", report.html.resolve().as_uri()),
         link_text=f"report of campaign {campaign}",
         key=link_key,
-        description="The report's HTML page, with its figures",
+        description="The campaign's report: in MLflow, summary.html previews; report.html has the figures",
     )
     return {"artifact": key, "link_artifact": link_key, "html": str(report.html), "mlflow": attached}
 

@@ -295,7 +295,10 @@ def to_markdown(title: str, sections: Sequence[Section], pictures: bool = True) 
     return "\n".join(lines)
 
 
-def to_html(title: str, sections: Sequence[Section], figures: Path) -> str:
+def to_html(title: str, sections: Sequence[Section], figures: Path, pictures: bool = True) -> str:
+    """The report as one HTML page, every figure embedded; ``pictures=False``: the figures named,
+    not shown (a page of a few kilobytes, see :data:`SUMMARY_FILE`)."""
+
     def text(p: str) -> str:  # `code` spans, the only Markdown used in paragraphs
         parts = html.escape(p).split("`")
         return "".join(f"<code>{x}</code>" if k % 2 else x for k, x in enumerate(parts))
@@ -306,6 +309,12 @@ def to_html(title: str, sections: Sequence[Section], figures: Path) -> str:
         body += [f"<p>{text(p)}</p>" for p in s.paragraphs]
         for t in s.tables:
             body.append(t.to_html(index=False, na_rep="", border=0, classes="table"))
+        if not pictures:
+            body += [
+                f"<p>figure <code>{html.escape(name)}</code>: {html.escape(caption)}</p>"
+                for name, caption in s.images
+            ]
+            continue
         for name, caption in s.images:
             data = base64.b64encode((figures / name).read_bytes()).decode()
             body.append(
@@ -323,6 +332,11 @@ def to_html(title: str, sections: Sequence[Section], figures: Path) -> str:
     )
 
 
+# The report without its figures, as HTML: MLflow's UI (3.17) previews an HTML artifact only when
+# it is small (a 100 KB page shows, 300 KB and the ~0.7 MB full report stay blank; both download).
+SUMMARY_FILE = "summary.html"
+
+
 @dataclass(frozen=True)
 class Report:
     title: str
@@ -330,10 +344,12 @@ class Report:
     folder: Path
     html: Path  # self-contained
     markdown: Path  # beside figures/
+    summary: Path  # text and tables only (figures named): small enough for MLflow's preview
 
 
 def write_report(workspace: Path, out: Path, dream_png: Path | None = None) -> Report:
-    """``<out>/report.html`` (self-contained) and ``<out>/report.md`` (with ``<out>/figures/``).
+    """``<out>/report.html`` (self-contained), ``<out>/report.md`` (with ``<out>/figures/``) and
+    ``<out>/summary.html`` (no figures).
 
     ``dream_png``: a dream strip to show; without it, the latest evaluation's (``media/<i>/dream.png``).
     """
@@ -341,10 +357,11 @@ def write_report(workspace: Path, out: Path, dream_png: Path | None = None) -> R
     figures.mkdir(parents=True, exist_ok=True)
     sections = build_sections(workspace, figures, dream_png)
     title = f"Δ-IRIS campaign: {workspace.resolve().name}"
-    html_path, md_path = out / "report.html", out / "report.md"
+    html_path, md_path, summary = out / "report.html", out / "report.md", out / SUMMARY_FILE
     html_path.write_text(to_html(title, sections, figures))
     md_path.write_text(to_markdown(title, sections))
-    return Report(title, sections, out, html_path, md_path)
+    summary.write_text(to_html(title, sections, figures, pictures=False))
+    return Report(title, sections, out, html_path, md_path, summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,8 +386,8 @@ def campaign_mlflow(workspace: Path) -> dict[str, Any] | None:
 
 
 def attach_to_run(report: Report, tracking_uri: str, run_id: str) -> str:
-    """Log the report folder (HTML, Markdown, figures) as artifacts ``report/`` of an MLflow run
-    (a second call replaces the files); returns the artifact path of the HTML page."""
+    """Log the report folder (HTML, summary, Markdown, figures) as artifacts ``report/`` of an
+    MLflow run (a second call replaces the files); returns the artifact path of the HTML page."""
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri=tracking_uri).log_artifacts(run_id, str(report.folder), REPORT_ARTIFACT_PATH)

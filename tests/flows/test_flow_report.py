@@ -50,6 +50,7 @@ def test_the_report_is_attached_to_the_campaigns_mlflow_run_and_published(
     client = MlflowClient(uri)
     assert {a.path for a in client.list_artifacts(parent, "report")} == {
         "report/report.html",
+        "report/summary.html",
         "report/report.md",
         "report/figures",
     }
@@ -57,15 +58,17 @@ def test_the_report_is_attached_to_the_campaigns_mlflow_run_and_published(
     html = Path(client.download_artifacts(parent, "report/report.html", str(tmp_path / "download")))
     assert html.read_text().startswith("<!DOCTYPE html>") and "data:image/png;base64," in html.read_text()
 
-    # Prefect: the report's tables as markdown, and a link to its HTML page in MLflow's UI.
-    url = f"http://mlflow.example/#/experiments/{experiment}/runs/{parent}/artifactPath/report/report.html"
+    # Prefect: the report's tables as markdown, and links to its pages in MLflow's UI (the link
+    # artifact: the summary, small enough for the UI's preview).
+    url = f"http://mlflow.example/#/experiments/{experiment}/runs/{parent}/artifactPath/report/"
     markdown = _read_artifact("reported-report").data
     assert markdown.startswith("# Δ-IRIS campaign: reported\n")
-    assert f"- [report in MLflow]({url})" in markdown
+    assert f"- [summary in MLflow]({url}summary.html)" in markdown
+    assert f"- [report with figures in MLflow]({url}report.html)" in markdown
     assert "| 1 | 2 | 1.5 |" in markdown  # evaluation table: iteration, episodes, mean return
     assert "| 2 | toy-agent | 2 | promoted |" in markdown  # registry history
     assert "- figure `returns.png`" in markdown and "](figures/" not in markdown
-    assert _read_artifact("reported-report-html").data == f"[report of campaign reported]({url})"
+    assert _read_artifact("reported-report-html").data == f"[report of campaign reported]({url}summary.html)"
 
     # Published once, after the last promotion only.
     assert summary["ran"][-1] == "promote@2"

@@ -90,6 +90,10 @@ def test_report_of_the_tiny_campaign(workspace: Path, tmp_path: Path) -> None:
     assert len(embedded) == len(images)
     assert all(base64.b64decode(data).startswith(b"\x89PNG") for data in embedded)
     assert 'src="figures/' not in page and "<table" in page
+    # The summary: the same text and tables, figures named, small enough for MLflow's preview.
+    summary = report.summary.read_text()
+    assert "<table" in summary and "data:image" not in summary and "figure <code>dream.png</code>" in summary
+    assert len(summary) < 50_000
 
 
 def test_without_a_dream_the_report_shows_the_latest_evaluations(workspace: Path, tmp_path: Path) -> None:
@@ -117,6 +121,6 @@ def test_cli_attaches_the_report_to_the_campaigns_mlflow_run(workspace: Path, tm
     parent = client.get_run(tracking["parent_run_id"])
     assert parent.data.tags["iris.run_kind"] == "campaign"
     listed = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.html", "report/report.md", "report/figures"} <= listed
+    assert {"report/report.html", "report/summary.html", "report/report.md", "report/figures"} <= listed
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "report/figures")}
     assert {"report/figures/returns.png", "report/figures/dream.png"} <= figures
