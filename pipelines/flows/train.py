@@ -189,11 +189,12 @@ def train(
         campaign: the name in artifact keys and titles; defaults to the workspace folder's name.
 
     Returns:
-        `{"workspace", "campaign", "saved_experiment", "stages": [{"stage", "ran", "seconds"}],
+        `{"workspace", "campaign", "saved_experiment", "stages": [{"stage", "ran", "seconds"}, ...],
         "ran": [stage, ...], "iterations": {i: {"artifact", "promotion"}}, "progress_artifact"}`.
         `"report"`: what the campaign's report became after the last promotion (`{"artifact",
         "link_artifact", "html", "mlflow"}`, `{"error"}` if it could not be written, None when the
-        plan has no promotion).
+        plan has no promotion). The finished stages at the start of the plan, found by one `dvc
+        status`, are listed with `"checked_by": "dvc status"` instead of one `dvc repro` each.
     """
     if retries < 0 or retry_delay_seconds < 0:
         raise ValueError(f"retries ({retries}) and retry_delay_seconds ({retry_delay_seconds}) must be >= 0")
