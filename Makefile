@@ -4,7 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,fast
+EXTRAS ?= dev,fast,gui
 
 # Offline-friendly, quiet tools; bytecode is written so that repeated starts stay fast.
 export PYTHONDONTWRITEBYTECODE :=
