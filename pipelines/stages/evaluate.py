@@ -1,5 +1,6 @@
 """The ``evaluate@i`` stage: test episodes with the iteration's agent, the Crafter score, held-out
-losses, reconstructions, a test-episode video (paper §2.3) and a dream of the world model beside
+losses, reconstructions (``evaluation.save_reconstructions``), videos of the first
+``collection.test.num_episodes_to_save`` test episodes (paper §2.3) and a dream of the world model beside
 the test episodes (``media/<i>/dream.png`` and ``dream.mp4``, see ``pipelines/viewer/dream.py``)."""
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def evaluation_env_seed(seed: int, iteration: int) -> int:
     return 1_000_000 + 10_000 * seed + 100 * iteration
 
 
+def video_name(index: int) -> str:
+    """The video of the ``index``-th test episode (0-based): ``test_episode.mp4``, then
+    ``test_episode_1.mp4``, ... (``collection.test.num_episodes_to_save`` of them)."""
+    return "test_episode.mp4" if index == 0 else f"test_episode_{index}.mp4"
+
+
 def run_evaluate(ctx: StageContext, iteration: int) -> StageResult:
     ws, config = ctx.workspace, ctx.config
     started = time.perf_counter()
@@ -51,9 +58,10 @@ def run_evaluate(ctx: StageContext, iteration: int) -> StageResult:
         grid = reconstructions(agent, test_set, NUM_RECONSTRUCTIONS)
         write_reconstruction_grid(grid, media / "reconstructions.png")
         artifacts.append((media / "reconstructions.png", "media"))
-    if test_set.num_episodes > 0:
-        write_video(test_set.episodes[0].obs, media / "test_episode.mp4")
-        artifacts.append((media / "test_episode.mp4", "media"))
+    for index, episode in enumerate(test_set.episodes[: config.collection.test.num_episodes_to_save]):
+        path = media / video_name(index)
+        write_video(episode.obs, path)
+        artifacts.append((path, "media"))
     # The world model replays the test episodes' actions from their real frames; its own seed, and
     # the torch generators are left as they were (the stage's results do not depend on the dream).
     dream_seed = stage_seed(config.common.seed, "evaluate", iteration)
