@@ -5,6 +5,11 @@ quickstart preset override them from YAML (see ``config/``). Sizes that follow f
 derived here, never written as arithmetic in YAML: a field left as ``None`` is filled in by
 ``__post_init__``; a field given explicitly must agree with what it would be derived to.
 
+The frame size is one key, ``env.train.size`` (what the environment renders or resizes to): the
+loader (``pipelines.config``) fills ``env.test.size`` and the three ``image_size`` fields from it
+when they are ``null`` (:data:`FRAME_SIZE_FOLLOWERS`), and :class:`IrisConfig` refuses any that
+disagree, naming both keys. The world model's I-token CNN width follows the frame size too.
+
 Glossary: ``obs`` frames, ``act`` actions, ``latent_tokens`` Δ-tokens, ``rew`` rewards, ``end``
 terminations. ``num_actions`` is only known once the environment exists: it stays ``None`` in
 presets and is set with :meth:`IrisConfig.with_num_actions`.
@@ -13,6 +18,7 @@ presets and is set with :meth:`IrisConfig.with_num_actions`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -208,7 +214,8 @@ class TokenizerConfig:
             _require(
                 self.image_size % 2**cnn.num_downsamples == 0,
                 f"{name}.down",
-                f"image_size {self.image_size} is not divisible by 2**{cnn.num_downsamples}",
+                f"image_size {self.image_size} (the frame size, env.train.size) is not divisible by "
+                f"2**{cnn.num_downsamples}",
             )
         _require(
             self.encoder.num_downsamples == self.decoder.num_downsamples == self.frame_cnn.num_downsamples,
@@ -223,7 +230,7 @@ class TokenizerConfig:
             self.latent_resolution % grid == 0,
             "num_tokens",
             f"a {grid}×{grid} token grid does not tile the {self.latent_resolution}×{self.latent_resolution} "
-            "latent map",
+            f"latent map of {self.image_size}×{self.image_size} frames (env.train.size)",
         )
 
     @property
@@ -324,6 +331,8 @@ class WorldModelConfig:
     two_hot_rews: bool = True  # False: 3 sign classes (Atari)
     reward_support: TwoHotConfig = field(default_factory=TwoHotConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    # latent_dim None: transformer.embed_dim / (output resolution)², so that the I-token has
+    # embed_dim features at any frame size.
     frame_cnn: FrameCnnConfig = field(default_factory=lambda: FrameCnnConfig(num_channels=32, latent_dim=8))
 
     def __post_init__(self) -> None:
@@ -331,14 +340,25 @@ class WorldModelConfig:
         _non_negative(self, "latents_weight", "rewards_weight", "ends_weight")
         if self.num_actions is not None:
             _require(self.num_actions > 0, "num_actions", f"must be > 0, got {self.num_actions}")
-        _require(self.frame_cnn.latent_dim is not None, "frame_cnn.latent_dim", "must be set")
+        res = self.frame_cnn.output_resolution(self.image_size)
+        embed_dim = self.transformer.embed_dim
+        if self.frame_cnn.latent_dim is None:
+            _require(
+                res > 0 and embed_dim % (res * res) == 0,
+                "frame_cnn.latent_dim",
+                f"cannot be derived: transformer.embed_dim {embed_dim} is not a multiple of the "
+                f"{res}×{res} map the I-token CNN makes of {self.image_size}×{self.image_size} frames "
+                "(env.train.size); change one of them, or set frame_cnn.down",
+            )
+            _nested(self, "frame_cnn", replace(self.frame_cnn, latent_dim=embed_dim // (res * res)))
         i_token_size = self.frame_cnn.output_size(self.image_size)
         _require(
             i_token_size == self.transformer.embed_dim,
             "frame_cnn.latent_dim",
             f"the I-token CNN outputs {self.frame_cnn.latent_dim}×"
             f"{self.frame_cnn.output_resolution(self.image_size)}² = {i_token_size} features, "
-            f"but transformer.embed_dim is {self.transformer.embed_dim}",
+            f"but transformer.embed_dim is {self.transformer.embed_dim} (leave frame_cnn.latent_dim null "
+            "to derive it)",
         )
 
     @property
@@ -475,7 +495,6 @@ class TrainingConfig:
 class TrainCollectionConfig:
     num_envs: int = 16
     stop_after_epochs: int = 991  # collect while epoch <= this
-    num_episodes_to_save: int = 10
     epsilon: float = 0.01  # batch-wide: the whole action vector is random with this probability
     should_sample: bool = True
     temperature: float = 1.0
@@ -490,7 +509,7 @@ class TrainCollectionConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "num_envs", "temperature", "num_steps", "num_steps_first_epoch", "env_processes")
-        _non_negative(self, "stop_after_epochs", "num_episodes_to_save")
+        _non_negative(self, "stop_after_epochs")
         _unit_interval(self, "epsilon")
 
     def steps_in_epoch(self, epoch: int) -> int:
@@ -502,6 +521,8 @@ class TrainCollectionConfig:
 @dataclass(frozen=True)
 class TestCollectionConfig:
     num_envs: int = 32
+    # Videos written by each evaluation (media/<i>/test_episode*.mp4): the first this many test
+    # episodes (at most num_episodes); 0: none.
     num_episodes_to_save: int = 10
     epsilon: float = 0.0
     should_sample: bool = True  # the test policy samples at temperature 1: it is not greedy
@@ -545,7 +566,6 @@ class CommonConfig:
     epochs: int = 1000
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu; or "cpu", "cuda", "cuda:<index>"
-    do_checkpoint: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "epochs")
@@ -586,12 +606,43 @@ class RuntimeConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+ENV_KINDS = ("crafter", "atari")
+CRAFTER_IDS = ("crafter",)
+# The games the paper's Atari wrappers take: gymnasium's <Game>NoFrameskip-v4 ids registered by ale-py
+# (no frame skip, no sticky actions). Checked statically: whether the ROM exists is the env's business.
+ATARI_ID = re.compile(r"[A-Z][A-Za-z0-9]*NoFrameskip-v4")
+FRAME_CHANNELS = 3  # both environments give RGB frames
+# Keys that follow the frame size (``env.train.size``) when left null; the loader fills them in.
+FRAME_SIZE_FOLLOWERS = (
+    "env.test.size",
+    "tokenizer.image_size",
+    "world_model.image_size",
+    "actor_critic.image_size",
+)
+
+
+def check_env_id(kind: str, env_id: str) -> str | None:
+    """Why ``env_id`` cannot name an env of ``kind`` (``None``: it can)."""
+    if kind == "crafter" and env_id not in CRAFTER_IDS:
+        return (
+            f"{env_id!r} is not a Crafter id (kind is 'crafter', whose only id is 'crafter'); "
+            "for an Atari game select env=atari params=atari"
+        )
+    if kind == "atari" and not ATARI_ID.fullmatch(env_id):
+        return (
+            f"{env_id!r} is not an Atari id (kind is 'atari'): expected <Game>NoFrameskip-v4, "
+            "e.g. BreakoutNoFrameskip-v4"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class EnvSpec:
-    """One environment. ``kind`` picks the builder; Atari options are ignored by Crafter.
+    """One environment. ``kind`` picks the builder; an option of the other kind is refused.
 
     ``id`` of the test env may be ``None``: it then follows ``train.id`` (so overriding
-    ``env.train.id`` switches both, as in the paper code).
+    ``env.train.id`` switches both, as in the paper code). ``size`` (the frame size) is set on
+    the train env; the test env's follows it (see :data:`FRAME_SIZE_FOLLOWERS`).
     """
 
     kind: str = "crafter"
@@ -608,19 +659,29 @@ class EnvSpec:
     fast: bool = True
 
     def __post_init__(self) -> None:
-        _one_of(self, "kind", ("crafter", "atari"))
+        _one_of(self, "kind", ENV_KINDS)
         _positive(self, "size", "max_episode_steps", "frame_skip")
         _non_negative(self, "noop_max")
+        if self.id is not None:
+            problem = check_env_id(self.kind, self.id)
+            _require(problem is None, "id", problem or "")
         if self.kind == "crafter":
             _require(self.frame_skip == 1, "frame_skip", "Crafter has no frame skip")
             _require(not self.done_on_life_loss, "done_on_life_loss", "Crafter has no lives")
+            _require(
+                self.noop_max == 0,
+                "noop_max",
+                f"Atari only (Crafter has no no-op reset), got {self.noop_max}",
+            )
+            _require(not self.clip_reward, "clip_reward", "Atari only (Crafter's rewards are never clipped)")
+        else:
+            _require(self.fast, "fast", "Crafter only (Atari has no fast mode)")
 
 
 @dataclass(frozen=True)
 class EnvConfig:
     train: EnvSpec = field(default_factory=EnvSpec)
     test: EnvSpec = field(default_factory=lambda: EnvSpec(id=None))
-    keymap: str = "crafter"
 
     def __post_init__(self) -> None:
         _require(self.train.id is not None, "train.id", "must name the environment")
@@ -631,7 +692,12 @@ class EnvConfig:
             "test.kind",
             f"train and test envs must be of one kind, got {self.train.kind!r} and {self.test.kind!r}",
         )
-        _require(self.train.size == self.test.size, "test.size", "train and test frame sizes differ")
+        _require(
+            self.train.size == self.test.size,
+            "test.size",
+            f"must equal env.train.size ({self.train.size}), got {self.test.size}: the frame size is "
+            "set by env.train.size alone (leave env.test.size null to follow it)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,17 +720,24 @@ class IrisConfig:
     def __post_init__(self) -> None:
         tok, wm, ac, tr = self.tokenizer, self.world_model, self.actor_critic, self.training
 
-        # Frames: one size and channel count for every CNN and the environment.
-        _require(
-            self.env.train.size == tok.image_size,
-            "tokenizer.image_size",
-            f"must equal env.train.size ({self.env.train.size})",
-        )
+        # Frames: one size (env.train.size) and channel count for every CNN and the environment.
+        size = self.env.train.size
         for key, value in (
+            ("tokenizer.image_size", tok.image_size),
             ("world_model.image_size", wm.image_size),
             ("actor_critic.image_size", ac.image_size),
         ):
-            _require(value == tok.image_size, key, f"must equal tokenizer.image_size ({tok.image_size})")
+            _require(
+                value == size,
+                key,
+                f"must equal env.train.size ({size}), got {value}: the frame size is set by "
+                f"env.train.size alone (leave {key} null to follow it)",
+            )
+        _require(
+            tok.image_channels == FRAME_CHANNELS,
+            "tokenizer.image_channels",
+            f"must be {FRAME_CHANNELS}: {self.env.train.kind} frames are RGB, got {tok.image_channels}",
+        )
         _require(
             wm.image_channels == tok.image_channels,
             "world_model.image_channels",

@@ -7,10 +7,16 @@ dotted path of the key: unknown keys (with the closest valid key), wrong types, 
 
 Override syntax follows the paper code: ``env=<preset>`` and ``params=<preset>`` pick presets from
 ``config/env`` and ``config/params``; every other ``key=value`` sets a value.
+
+Nothing is silently ignored (docs/configuration.md): YAML files are read with a loader that refuses
+a key given twice, an empty file is an error, removed keys are named as such, presets of different
+games are refused unless ``allow_mixed_presets=true``, and keys that follow the frame size
+(``env.train.size``) are filled in from it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -25,13 +31,36 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from iris_core.config import ConfigError, IrisConfig, config_to_dict, prefix_config_error
+from iris_core.config import (
+    ENV_KINDS,
+    FRAME_SIZE_FOLLOWERS,
+    ConfigError,
+    IrisConfig,
+    config_to_dict,
+    prefix_config_error,
+)
 from pipelines.atomic import atomic_write_text
 
 DEFAULT_ENV = "crafter"
 DEFAULT_PARAMS = "crafter"
 PRESET_GROUPS = ("env", "params")
-BASE_PARAMS = "crafter"  # the complete preset that partial presets are merged over
+BASE_PARAMS = "crafter"  # the complete preset that partial presets are merged over (unless preset.base)
+# A selection key like env=/params=: lets env and params presets of different games be combined.
+ALLOW_MIXED = "allow_mixed_presets"
+SELECTION_KEYS = (*PRESET_GROUPS, ALLOW_MIXED)
+PRESET_META = "preset"  # params presets: {env: <env preset it is made for>, base: <preset under it>}
+KIND_NAMES = {"crafter": "Crafter", "atari": "Atari"}
+
+# Keys that once existed but did nothing, with why: a preset, file or override that still sets one is
+# refused naming it as removed (docs/configuration.md).
+REMOVED_KEYS = {
+    "common.do_checkpoint": "checkpoints are outputs of the pipeline's stages and are always written",
+    "collection.train.num_episodes_to_save": (
+        "every collected episode is stored (data/episodes/<i>.zarr); videos of test episodes: "
+        "collection.test.num_episodes_to_save"
+    ),
+    "env.keymap": "`iris play` picks its keys from env.train.kind",
+}
 
 
 class ConfigLoadError(ConfigError):
@@ -56,6 +85,63 @@ def available_presets(group: str, root: Path | None = None) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_key(
+    node: yaml.Node, path: str = "", seen: set[int] | None = None
+) -> tuple[str, int, int] | None:
+    """The first key given twice in one mapping of a composed YAML document: (dotted key, line of
+    its first occurrence, line of the second), 1-based; ``None`` when there is none."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            dotted = f"{path}.{name}" if path else name
+            if isinstance(key_node, yaml.ScalarNode):
+                ident = (key_node.tag, key_node.value)
+                if ident in first:
+                    return dotted, first[ident], key_node.start_mark.line + 1
+                first[ident] = key_node.start_mark.line + 1
+            found = _duplicate_key(value_node, dotted, seen)
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{path}[{index}]", seen)
+            if found is not None:
+                return found
+    return None
+
+
+def load_yaml_strict(text: str, source: str) -> Any:
+    """``yaml.safe_load``, refusing a key given twice in one mapping (PyYAML silently keeps the
+    last one). Errors are :class:`ConfigLoadError` naming the key and ``source``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        duplicate = _duplicate_key(node) if node is not None else None
+        if duplicate is not None:
+            key, first, again = duplicate
+            lines = f" (lines {first} and {again})" if first != again else ""
+            raise ConfigLoadError(
+                key,
+                f"duplicate key in {source}{lines}; YAML would silently keep the last one: "
+                "delete one of them",
+            )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigLoadError("yaml", f"invalid YAML at {where}: {problem}") from None
+
+
 def _read_yaml(path: Path, what: str) -> DictConfig:
     try:
         text = path.read_text()
@@ -64,14 +150,17 @@ def _read_yaml(path: Path, what: str) -> DictConfig:
     except OSError as error:
         raise ConfigLoadError(what, f"cannot read {path}: {error.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigLoadError(what, f"invalid YAML at {where}: {problem}") from None
+        data = load_yaml_strict(text, str(path))
+    except ConfigLoadError as error:
+        if error.key == "yaml":
+            raise ConfigLoadError(what, error.message) from None
+        raise
     if data is None:
-        data = {}
+        raise ConfigLoadError(
+            what,
+            f"{path} is empty: it must hold a mapping of configuration keys"
+            + (" (write one with `iris config write`)" if what == "params_file" else ""),
+        )
     if not isinstance(data, dict):
         raise ConfigLoadError(what, f"{path} must hold a mapping of keys, got {type(data).__name__}")
     try:
@@ -91,7 +180,8 @@ def _load_preset(group: str, name: str, root: Path) -> DictConfig:
 
 
 def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """Separate preset selections (``env=atari``) from value overrides (``a.b=1``)."""
+    """Separate preset selections (``env=atari``, ``allow_mixed_presets=true``) from value
+    overrides (``a.b=1``)."""
     presets: dict[str, str] = {}
     values: list[str] = []
     for item in overrides:
@@ -99,7 +189,7 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]
         key = key.strip()
         if not sep or not key:
             raise ConfigLoadError(key or item, f"override {item!r} is not of the form key=value")
-        if key in PRESET_GROUPS:
+        if key in SELECTION_KEYS:
             presets[key] = value.strip()
         else:
             values.append(item)
@@ -107,11 +197,28 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]
 
 
 def _parse_overrides(values: Sequence[str]) -> DictConfig:
+    for item in values:  # a mapping value written with a key twice: {a: 1, a: 2}
+        key, _, value = item.partition("=")
+        try:
+            load_yaml_strict(value, f"the override {item!r}")
+        except ConfigLoadError as error:
+            if error.key != "yaml":
+                raise ConfigLoadError(f"{key.strip()}.{error.key}", error.message) from None
     try:
         parsed = OmegaConf.from_dotlist(list(values))
-    except OmegaConfBaseException as error:
-        raise ConfigLoadError("overrides", f"cannot parse {list(values)}: {error}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigLoadError("overrides", f"cannot parse {list(values)}: {problem}") from None
     return parsed
+
+
+def _parse_flag(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise ConfigLoadError(key, f"expected true or false, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +239,8 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def _unknown_key_error(cls: type, key: str, path: str) -> ConfigError:
     full = f"{path}.{key}" if path else key
+    if full in REMOVED_KEYS:
+        return ConfigError(full, f"unknown key: it was removed ({REMOVED_KEYS[full]}); delete it")
     local = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, local, n=1, cutoff=0.6)
     if close:
@@ -216,6 +325,104 @@ def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ParamsPreset:
+    """A params preset file: its values, the env preset it is made for, the preset it completes."""
+
+    name: str
+    values: DictConfig  # everything but the ``preset`` and ``env`` sections
+    env_values: DictConfig | None  # its ``env`` section: overrides of the env preset's values
+    env: str  # the env preset it is made for (``env=`` defaults to it)
+    base: str | None  # the preset whose values fill the keys it does not list
+
+
+def load_params_preset(name: str, root: Path | None = None) -> ParamsPreset:
+    root = root or config_dir()
+    cfg = _load_preset("params", name, root)
+    where = root / "params" / f"{name}.yaml"
+    meta: Any = {}
+    if PRESET_META in cfg:
+        meta = OmegaConf.to_container(cfg[PRESET_META], resolve=True)
+        del cfg[PRESET_META]
+    if not isinstance(meta, dict) or set(meta) - {"env", "base"}:
+        raise ConfigLoadError(PRESET_META, f"in {where}: expected a mapping with the keys env and base")
+    env = meta.get("env", DEFAULT_ENV)
+    if not isinstance(env, str) or not (root / "env" / f"{env}.yaml").is_file():
+        choices = ", ".join(available_presets("env", root))
+        raise ConfigLoadError(
+            f"{PRESET_META}.env", f"in {where}: no env preset {env!r}; available: {choices}"
+        )
+    default_base = (
+        BASE_PARAMS if name != BASE_PARAMS and (root / "params" / f"{BASE_PARAMS}.yaml").is_file() else None
+    )
+    base = meta.get("base", default_base)
+    if base is not None and (not isinstance(base, str) or base == name):
+        raise ConfigLoadError(
+            f"{PRESET_META}.base", f"in {where}: must name another params preset, got {base!r}"
+        )
+    env_values = None
+    if "env" in cfg:
+        env_values = cfg["env"]
+        if not isinstance(env_values, DictConfig):
+            raise ConfigLoadError("env", f"in {where}: expected a mapping of env keys")
+        del cfg["env"]
+    return ParamsPreset(name, cfg, env_values, env, base)
+
+
+def _params_chain(name: str, root: Path) -> list[ParamsPreset]:
+    """The preset and the presets it completes, the most basic first."""
+    chain = [load_params_preset(name, root)]
+    while chain[0].base is not None:
+        if chain[0].base in {p.name for p in chain}:
+            names = " -> ".join(p.name for p in reversed(chain))
+            raise ConfigLoadError(f"{PRESET_META}.base", f"presets complete each other in a cycle: {names}")
+        chain.insert(0, load_params_preset(chain[0].base, root))
+    return chain
+
+
+def env_kind_of(env: str, root: Path | None = None) -> str:
+    """The ``train.kind`` of an env preset."""
+    kind = OmegaConf.select(_load_preset("env", env, root or config_dir()), "train.kind", default="crafter")
+    return str(kind)
+
+
+def _game(kind: str) -> str:
+    return KIND_NAMES.get(kind, repr(kind))
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def _check_one_game(tree: Mapping[str, Any], params: ParamsPreset, env: str, root: Path) -> None:
+    """Refuse a params preset made for one game with an env of another (``allow_mixed_presets``)."""
+    params_kind = env_kind_of(params.env, root)
+    env_tree = tree.get("env")
+    train = env_tree.get("train") if isinstance(env_tree, Mapping) else None
+    kind = train.get("kind") if isinstance(train, Mapping) else None
+    if kind not in ENV_KINDS or kind == params_kind:  # an unknown kind: the schema check names it
+        return
+    env_kind = env_kind_of(env, root)
+    chosen = (
+        f"env={env} is {_game(env_kind)}" if kind == env_kind else f"env.train.kind={kind} is {_game(kind)}"
+    )
+    fitting = [
+        name
+        for name in available_presets("params", root)
+        if env_kind_of(load_params_preset(name, root).env, root) == kind
+    ]
+    hint = (
+        f"params presets for {_game(kind)}: {', '.join(fitting)}"
+        if fitting
+        else f"no params preset is made for {_game(kind)}"
+    )
+    raise ConfigError(
+        "params",
+        f"params={params.name} is {_article(_game(params_kind))} preset but {chosen}: use presets of "
+        f"one game ({hint}), or add {ALLOW_MIXED}=true to mix them on purpose",
+    )
+
+
 def merged_config(
     env: str | None = None,
     params: str | None = None,
@@ -226,27 +433,38 @@ def merged_config(
     """The merged, plain (interpolation-free) config tree before derivation.
 
     With ``params_file`` the file is the base (a workspace's ``params.yaml``); otherwise the env and
-    params presets (Crafter by default). ``env=``/``params=`` inside ``overrides`` select presets too.
+    params presets. ``env=``/``params=`` inside ``overrides`` select presets too. Without ``env``
+    the params preset's own env preset is taken (``preset.env``); without ``params`` the params
+    preset named like the env preset, else Crafter's. Presets of different games are refused
+    unless ``allow_mixed_presets=true`` is among the overrides.
     """
     root = root or config_dir()
     presets, values = split_overrides(overrides)
     env = presets.get("env", env)
     params = presets.get("params", params)
+    allow_mixed = _parse_flag(ALLOW_MIXED, presets[ALLOW_MIXED]) if ALLOW_MIXED in presets else False
     layers: list[DictConfig] = []
+    chosen: tuple[ParamsPreset, str] | None = None
     if params_file is not None:
         if env is not None or params is not None:
             raise ConfigLoadError("params", "give either a params file or presets, not both")
+        if ALLOW_MIXED in presets:
+            raise ConfigLoadError(ALLOW_MIXED, "applies to presets (env=, params=), not to a params file")
         layers.append(_read_yaml(Path(params_file), "params_file"))
     else:
-        params_cfg = _load_preset("params", params or DEFAULT_PARAMS, root)
-        if "env" in params_cfg:
-            raise ConfigLoadError("params", "a params preset must not contain an 'env' section")
-        # Presets may list only what differs from the paper's Crafter values: merging them over the
-        # complete Crafter preset makes every written params.yaml complete (each key a DVC param).
-        if (params or DEFAULT_PARAMS) != BASE_PARAMS and (root / "params" / f"{BASE_PARAMS}.yaml").is_file():
-            layers.append(_load_preset("params", BASE_PARAMS, root))
-        layers.append(params_cfg)
-        layers.append(OmegaConf.create({"env": _load_preset("env", env or DEFAULT_ENV, root)}))
+        if params is None:
+            params = (
+                env if env is not None and (root / "params" / f"{env}.yaml").is_file() else DEFAULT_PARAMS
+            )
+        # Presets may list only what differs from a complete preset (preset.base, the paper's Crafter
+        # values by default): merging them over it makes every written params.yaml complete (each
+        # key a DVC param).
+        chain = _params_chain(params, root)
+        env = env or chain[-1].env
+        layers.extend(preset.values for preset in chain)
+        layers.append(OmegaConf.create({"env": _load_preset("env", env, root)}))
+        layers.extend(OmegaConf.create({"env": p.env_values}) for p in chain if p.env_values is not None)
+        chosen = (chain[-1], env)
     layers.append(_parse_overrides(values))
     try:
         merged = OmegaConf.merge(*layers)
@@ -255,7 +473,45 @@ def merged_config(
         key = getattr(error, "full_key", None) or "config"
         raise ConfigLoadError(str(key), str(error).splitlines()[0]) from None
     assert isinstance(container, dict)
-    return {str(k): v for k, v in container.items()}
+    tree = {str(k): v for k, v in container.items()}
+    if chosen is not None and not allow_mixed:
+        _check_one_game(tree, chosen[0], chosen[1], root)
+    return tree
+
+
+def follow_frame_size(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a merged tree with the keys that follow the frame size (``env.train.size``) filled
+    in where they are null or absent (:data:`iris_core.config.FRAME_SIZE_FOLLOWERS`)."""
+    out = copy.deepcopy(dict(tree))
+    env = out.get("env")
+    train = env.get("train") if isinstance(env, dict) else None
+    size = train.get("size") if isinstance(train, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool):
+        return out  # the schema check reports it
+    for key in FRAME_SIZE_FOLLOWERS:
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for name in parents:
+            if not isinstance(node, dict):
+                break
+            node = node.setdefault(name, {})
+        if isinstance(node, dict) and node.get(leaf) is None:
+            node[leaf] = size
+    return out
+
+
+def without_removed_keys(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a config tree without the keys of :data:`REMOVED_KEYS` (for configs saved before
+    they were removed, e.g. with a registered model)."""
+    out = copy.deepcopy(dict(tree))
+    for key in REMOVED_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +622,7 @@ def load_experiment(
     loop = tree.pop("loop", None)
     if loop is not None and not isinstance(loop, Mapping):
         raise ConfigError("loop", f"expected a mapping of keys, got {_describe(loop)}")
-    config = build_dataclass(IrisConfig, tree)
+    config = build_dataclass(IrisConfig, follow_frame_size(tree))
     assert isinstance(config, IrisConfig)
     return Experiment(config, derive_loop(config, loop))
 
@@ -401,7 +657,7 @@ def params_text(
     """
     tree = merged_config(env=env, params=params, overrides=overrides, params_file=params_file)
     loop_tree = tree.pop("loop", None)
-    config = build_dataclass(IrisConfig, tree)
+    config = build_dataclass(IrisConfig, follow_frame_size(tree))
     assert isinstance(config, IrisConfig)
     if loop_tree is not None and not isinstance(loop_tree, Mapping):
         raise ConfigError("loop", f"expected a mapping of keys, got {_describe(loop_tree)}")

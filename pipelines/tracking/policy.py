@@ -44,9 +44,10 @@ def pip_requirements() -> list[str]:
 def load_agent_config(path: Path | str) -> Any:
     """The ``IrisConfig`` from a resolved-config JSON file (checked like any loaded config)."""
     from iris_core.config import IrisConfig
-    from pipelines.config import build_dataclass
+    from pipelines.config import build_dataclass, without_removed_keys
 
-    return build_dataclass(IrisConfig, json.loads(Path(path).read_text()))
+    # Models registered before a key was removed still load (the key did nothing).
+    return build_dataclass(IrisConfig, without_removed_keys(json.loads(Path(path).read_text())))
 
 
 def policy_signature(config_json: Path | str) -> Any:

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
 from iris_core.config import (
     ActorCriticConfig,
+    CommonConfig,
     ComponentTrainingConfig,
     ConfigError,
+    EnvConfig,
+    EnvSpec,
     FrameCnnConfig,
     IrisConfig,
     TokenizerConfig,
     TrainCollectionConfig,
     TrainingConfig,
+    TransformerConfig,
+    WorldModelConfig,
+    check_env_id,
     config_to_dict,
+)
+from iris_core.config import (
+    TestCollectionConfig as CollectionTestConfig,
 )
 
 
@@ -92,3 +101,94 @@ def test_config_to_dict_is_plain() -> None:
     tree = config_to_dict(IrisConfig())
     assert tree["tokenizer"]["encoder"]["mult"] == [1, 1, 2, 2, 4]
     assert tree["actor_critic"]["lambda_"] == 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# No silent mis-configuration (docs/configuration.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_keys_that_did_nothing_are_gone() -> None:
+    names = {cls: {f.name for f in fields(cls)} for cls in (CommonConfig, TrainCollectionConfig, EnvConfig)}
+    assert "do_checkpoint" not in names[CommonConfig]
+    assert "num_episodes_to_save" not in names[TrainCollectionConfig]
+    assert "keymap" not in names[EnvConfig]
+    assert CollectionTestConfig().num_episodes_to_save == 10  # read by the evaluate stage
+
+
+@pytest.mark.parametrize(
+    ("kind", "env_id", "ok"),
+    [
+        ("crafter", "crafter", True),
+        ("crafter", "PongNoFrameskip-v4", False),
+        ("crafter", "Crafter", False),
+        ("atari", "BreakoutNoFrameskip-v4", True),
+        ("atari", "MsPacmanNoFrameskip-v4", True),
+        ("atari", "crafter", False),
+        ("atari", "Breakout-v4", False),
+        ("atari", "ALE/Breakout-v5", False),
+        ("atari", "breakoutNoFrameskip-v4", False),
+    ],
+)
+def test_env_ids_must_fit_the_kind(kind: str, env_id: str, ok: bool) -> None:
+    atari = {"noop_max": 30, "frame_skip": 4} if kind == "atari" else {}
+    if ok:
+        assert EnvSpec(kind=kind, id=env_id, **atari).id == env_id  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ConfigError) as info:
+            EnvSpec(kind=kind, id=env_id, **atari)  # type: ignore[arg-type]
+        assert info.value.key == "id" and repr(env_id) in info.value.message
+    assert (check_env_id(kind, env_id) is None) == ok
+
+
+def test_options_of_the_other_kind_are_refused() -> None:
+    for kwargs, key in (
+        ({"noop_max": 1}, "noop_max"),
+        ({"clip_reward": True}, "clip_reward"),
+        ({"frame_skip": 4}, "frame_skip"),
+        ({"done_on_life_loss": True}, "done_on_life_loss"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            EnvSpec(kind="crafter", id="crafter", **kwargs)  # type: ignore[arg-type]
+        assert info.value.key == key
+    with pytest.raises(ConfigError, match="Crafter only") as info:
+        EnvSpec(kind="atari", id="PongNoFrameskip-v4", fast=False)
+    assert info.value.key == "fast"
+
+
+def test_the_frame_size_is_set_by_the_train_env() -> None:
+    with pytest.raises(ConfigError) as info:
+        EnvConfig(train=EnvSpec(size=32))
+    assert info.value.key == "test.size" and "env.train.size (32)" in info.value.message
+    small_env = EnvConfig(train=EnvSpec(size=32), test=EnvSpec(id=None, size=32))
+    with pytest.raises(ConfigError) as info:
+        IrisConfig(env=small_env)
+    assert info.value.key == "tokenizer.image_size"
+    assert "env.train.size (32), got 64" in info.value.message
+    config = IrisConfig()
+    wide = replace(config.world_model.frame_cnn, latent_dim=32)  # 32 × 4² = embed_dim at 32×32
+    for name, component in (
+        ("world_model", replace(config.world_model, image_size=32, frame_cnn=wide)),
+        ("actor_critic", replace(config.actor_critic, image_size=32)),
+    ):
+        with pytest.raises(ConfigError) as info:
+            replace(config, **{name: component})
+        assert info.value.key == f"{name}.image_size" and "env.train.size (64)" in info.value.message
+    with pytest.raises(ConfigError, match="must be 3"):
+        replace(config, tokenizer=replace(config.tokenizer, image_channels=1))
+
+
+def test_the_i_token_width_follows_the_frame_size() -> None:
+    def world_model(image_size: int, embed_dim: int = 512) -> WorldModelConfig:
+        return WorldModelConfig(
+            image_size=image_size,
+            transformer=TransformerConfig(embed_dim=embed_dim),
+            frame_cnn=FrameCnnConfig(num_channels=32, latent_dim=None),
+        )
+
+    assert world_model(64).frame_cnn.latent_dim == 8  # the paper's value, derived
+    assert world_model(32).frame_cnn.latent_dim == 32
+    assert world_model(64, embed_dim=256).frame_cnn.latent_dim == 4  # Atari's
+    with pytest.raises(ConfigError, match=r"cannot be derived.*48×48 frames \(env.train.size\)") as info:
+        world_model(48)
+    assert info.value.key == "frame_cnn.latent_dim"

@@ -153,8 +153,13 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
             "world_model.transformer.num_heads: embed_dim 512 is not divisible",
         ),
         (
-            ["world_model.transformer.embed_dim=256"],
-            "world_model.frame_cnn.latent_dim: the I-token CNN outputs",
+            ["world_model.frame_cnn.latent_dim=4"],
+            "world_model.frame_cnn.latent_dim: the I-token CNN outputs 4×8² = 256 features, but "
+            "transformer.embed_dim is 512",
+        ),
+        (
+            ["world_model.transformer.embed_dim=520"],
+            "world_model.frame_cnn.latent_dim: cannot be derived: transformer.embed_dim 520",
         ),
         (
             ["tokenizer.decoder.latent_dim=70"],

@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import cache, reduce
 
 import pytest
+from omegaconf import OmegaConf
 
 from iris_core.config import IrisConfig
-from pipelines.config import available_presets, load_config
+from pipelines.config import available_presets, env_kind_of, load_config, load_params_preset
 
 
 def value_at(config: object, path: str) -> object:
@@ -171,13 +172,28 @@ def test_quickstart_preset_is_small_and_valid() -> None:
 
 
 def test_every_preset_file_loads() -> None:
+    # Each params preset with its own env preset (preset.env), and with every env preset of its game.
     for params in available_presets("params"):
+        preset = load_params_preset(params)
+        assert load_config(params=params) == load_config(env=preset.env, params=params)
+        kind = load_config(params=params).env.train.kind
         for env in available_presets("env"):
-            if params != "quickstart" and env != params:
-                continue
-            load_config(env=env, params=params)
+            if env_kind_of(env) == kind:
+                load_config(env=env, params=params)
     assert set(available_presets("params")) >= {"crafter", "atari", "quickstart"}
     assert set(available_presets("env")) >= {"crafter", "atari"}
+
+
+def test_the_paper_presets_are_complete_and_alike() -> None:
+    # Neither is merged over another preset (preset.base: null), and both list the same keys.
+    def keys(tree: object, prefix: str = "") -> set[str]:
+        if not isinstance(tree, dict):
+            return {prefix}
+        return {k for name, value in tree.items() for k in keys(value, f"{prefix}{name}.")}
+
+    crafter, atari = (load_params_preset(name) for name in ("crafter", "atari"))
+    assert crafter.base is None and atari.base is None
+    assert keys(OmegaConf.to_container(crafter.values)) == keys(OmegaConf.to_container(atari.values))
 
 
 def test_num_actions_is_set_everywhere_at_once() -> None:
