@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from iris_core.config import IrisConfig
+from iris_core.training.schedule import Schedule
 from pipelines.config import available_presets, env_kind_of, load_config, load_params_preset
 
 
@@ -180,7 +181,7 @@ def test_every_preset_file_loads() -> None:
         for env in available_presets("env"):
             if env_kind_of(env) == kind:
                 load_config(env=env, params=params)
-    assert set(available_presets("params")) >= {"crafter", "atari", "quickstart"}
+    assert set(available_presets("params")) >= {"crafter", "atari", "quickstart", "quickstart-atari"}
     assert set(available_presets("env")) >= {"crafter", "atari"}
 
 
@@ -194,6 +195,42 @@ def test_the_paper_presets_are_complete_and_alike() -> None:
     crafter, atari = (load_params_preset(name) for name in ("crafter", "atari"))
     assert crafter.base is None and atari.base is None
     assert keys(OmegaConf.to_container(crafter.values)) == keys(OmegaConf.to_container(atari.values))
+
+
+def test_quickstart_atari_preset_is_small_bounded_and_valid() -> None:
+    """An Atari campaign in minutes on 2 CPU cores: >= 3 iterations, each evaluated, small models,
+    short epochs, and test episodes bounded by the env's time limit."""
+    config = load_config(params="quickstart-atari")
+    paper = load_config(params="atari")
+    small = load_config(params="quickstart")
+    assert config.env.train.kind == "atari" and config.env.train.id == "BreakoutNoFrameskip-v4"
+    assert config.env.train.frame_skip == paper.env.train.frame_skip  # the paper's wrappers
+    assert config.common.epochs >= 3 and config.evaluation.every == 1
+    assert Schedule(config, 1).evaluated_iterations() == list(range(1, config.common.epochs + 1))
+    # Every component trains in every iteration (the paper's Atari starts them at epochs 6, 51, 76).
+    for component in (config.training.tokenizer, config.training.world_model, config.training.actor_critic):
+        assert component.start_after_epochs == 0
+    # The models of the Crafter quickstart on 32×32 frames, shorter epochs; Atari's heads.
+    for path in (
+        "tokenizer.encoder",
+        "tokenizer.codebook_size",
+        "world_model.transformer.embed_dim",
+        "world_model.transformer.num_layers",
+        "actor_critic.lstm_dim",
+        "training.tokenizer.batch_num_samples",
+        "training.world_model.batch_num_samples",
+    ):
+        assert value_at(config, path) == value_at(small, path), path
+    assert config.env.train.size == config.tokenizer.image_size == 32
+    for name in ("tokenizer", "world_model", "actor_critic"):
+        ours, theirs = value_at(config.training, name), value_at(small.training, name)
+        assert ours.steps_first_epoch <= theirs.steps_first_epoch, name  # type: ignore[attr-defined]
+        assert ours.steps_per_epoch <= theirs.steps_per_epoch, name  # type: ignore[attr-defined]
+    assert (config.world_model.two_hot_rews, config.actor_critic.two_hot_rets) == (False, False)
+    # Bounded evaluation: test episodes of at most 500 agent steps (the paper: 27,000).
+    assert config.env.test.max_episode_steps // config.env.test.frame_skip <= 500
+    assert config.collection.test.num_episodes <= 4
+    assert config.collection.train.num_steps_first_epoch < paper.collection.train.num_steps_first_epoch
 
 
 def test_num_actions_is_set_everywhere_at_once() -> None:

@@ -134,6 +134,11 @@ def test_every_config_key_has_a_reader() -> None:
         (["env=atari", "params=crafter"], "params=crafter is a Crafter preset", "env=atari is Atari"),
         (["params=quickstart", "env=atari"], "params=quickstart is a Crafter preset", "env=atari is Atari"),
         (["env=crafter", "params=atari"], "params=atari is an Atari preset", "env=crafter is Crafter"),
+        (
+            ["params=quickstart-atari", "env=crafter"],
+            "params=quickstart-atari is an Atari preset",
+            "env=crafter is Crafter",
+        ),
         (["params=atari", "env.train.kind=crafter"], "params=atari", "env.train.kind=crafter is Crafter"),
     ],
 )
@@ -158,7 +163,7 @@ def test_the_console_script_refuses_mixed_presets_in_one_line(tmp_path: Path) ->
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.strip() == (
         "error: invalid configuration: params: params=crafter is a Crafter preset but env=atari is Atari: "
-        "use presets of one game (params presets for Atari: atari), or add "
+        "use presets of one game (params presets for Atari: atari, quickstart-atari), or add "
         "allow_mixed_presets=true to mix them on purpose"
     )
     assert not out.exists()
@@ -176,7 +181,7 @@ def test_mixing_on_purpose_takes_the_flag() -> None:
 
 
 def test_one_preset_selects_the_other_of_its_game() -> None:
-    for selection in (["params=atari"], ["env=atari"]):
+    for selection in (["params=atari"], ["env=atari"], ["params=quickstart-atari"]):
         shown = show(*selection)
         assert shown["env"]["train"]["kind"] == "atari", selection  # type: ignore[index]
         assert shown["world_model"]["two_hot_rews"] is False, selection  # type: ignore[index]
@@ -185,7 +190,7 @@ def test_one_preset_selects_the_other_of_its_game() -> None:
 
 
 def test_every_params_preset_names_an_env_preset_of_its_game() -> None:
-    kinds = {"crafter": "crafter", "atari": "atari", "quickstart": "crafter"}
+    kinds = {"crafter": "crafter", "atari": "atari", "quickstart": "crafter", "quickstart-atari": "atari"}
     for name in available_presets("params"):
         preset = load_params_preset(name)
         assert preset.env in available_presets("env")
@@ -314,7 +319,7 @@ def _at(tree: dict[str, object], key: str) -> object:
     return node
 
 
-@pytest.mark.parametrize("params", ["crafter", "atari", "quickstart"])
+@pytest.mark.parametrize("params", ["crafter", "atari", "quickstart", "quickstart-atari"])
 def test_changing_the_frame_size_is_one_key(params: str, tmp_path: Path) -> None:
     shown = show(f"params={params}", "env.train.size=32")
     for key in FRAME_SIZE_FOLLOWERS:
