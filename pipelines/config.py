@@ -540,7 +540,7 @@ class LoopConfig:
 
     @property
     def schedule_keys(self) -> list[int]:
-        return [int(k) for k in self.iterations]
+        return sorted(int(k) for k in self.iterations)
 
 
 LOOP_SETTINGS = (
@@ -664,14 +664,18 @@ def params_text(
     if isinstance(loop_tree, Mapping):
         loop_tree = {k: v for k, v in loop_tree.items() if k not in ("iterations", "evaluations")}
     loop = derive_loop(config, loop_tree)
+    # Newest iteration first: `dvc.yaml` generates its stages in this order, and DVC's check of the
+    # stage graph for cycles (run by every `dvc repro`) then walks the graph about once; oldest first,
+    # it walks it once per stage (6,000 stages: 64 CPU-s against 12 for every `dvc repro`).
     tree["loop"] = {
         **{key: getattr(loop, key) for key in LOOP_SETTINGS},
-        "iterations": dict(loop.iterations),
-        "evaluations": dict(loop.evaluations),
+        "iterations": dict(reversed(list(loop.iterations.items()))),
+        "evaluations": dict(reversed(list(loop.evaluations.items()))),
     }
     header = (
         "# The experiment of this workspace: plain values, read by every DVC stage.\n"
         "# null = derived from other values (see iris_core/config.py). Regenerate with `iris config write`.\n"
+        "# loop.iterations lists the newest iteration first (DVC checks the stage graph faster that way).\n"
     )
     return header + to_yaml(tree), Experiment(config, loop)
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from iris_core.training.schedule import COMPONENTS
 from pipelines.config import Experiment, LoopConfig, load_experiment
+from pipelines.preflight import check_config
 from pipelines.stages.common import StageContext, StageError, resolve_device
 from pipelines.stages.result import StageResult
 from pipelines.workspace import Workspace
@@ -42,7 +43,7 @@ def parse_stage(name: str) -> StageSpec:
 def stage_order(loop: LoopConfig) -> list[StageSpec]:
     """Every stage of the campaign in the order the paper's loop runs them."""
     order = [StageSpec("init", 0)]
-    for key in loop.iterations:
+    for key in sorted(loop.iterations, key=int):
         i = int(key)
         order += [StageSpec(kind, i) for kind in PER_ITERATION]
         if key in loop.evaluations:
@@ -85,6 +86,8 @@ def run_stage(
     """Run one stage in ``root`` (a workspace) and return its result."""
     workspace = Workspace(root)
     experiment = experiment or load_experiment(params_file=workspace.params)
+    # The device and the envs, before any work: a missing GPU or an unknown game fails in one line.
+    check_config(experiment.config)
     prev = 0 if spec.kind == "init" else _previous(experiment.loop, spec)
     ctx = StageContext(workspace, experiment, resolve_device(experiment.config.common.device))
     started = time.perf_counter()
