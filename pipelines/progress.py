@@ -10,6 +10,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from pipelines import interrupts
+
 PLAIN_EVERY_SECONDS = 15.0
 
 
@@ -54,6 +56,7 @@ class Progress:
         return ", ".join(parts)
 
     def update(self, done: int, values: Mapping[str, float] | None = None) -> None:
+        interrupts.check()  # a Ctrl-C whose KeyboardInterrupt was dropped stops the run here
         if values:
             self.values = {k: float(v) for k, v in list(values.items())[:3]}
         if self.bar is not None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import pickle
+import signal
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -161,6 +163,22 @@ def _worker(conn: Connection, env_fns_bytes: bytes) -> None:
         conn.send(result)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Workers started in this block ignore SIGINT from their first instruction (an ignored signal
+    stays ignored across exec, and Python then installs no handler of its own). Ctrl-C reaches the
+    whole process group: the parent stops on it and closes its workers, which would otherwise each
+    print a KeyboardInterrupt traceback."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # only the main thread may change handlers; None: a handler not set from Python
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _ProcessGroup:
     """Envs in one worker process; the same interface as :class:`_LocalGroup`, over a pipe."""
 
@@ -169,7 +187,8 @@ class _ProcessGroup:
         self._process = context.Process(
             target=_worker, args=(child, pickle.dumps(list(env_fns))), daemon=True
         )
-        self._process.start()
+        with _sigint_ignored():
+            self._process.start()
         child.close()
 
     def send(self, command: str, *args: Any) -> None:
