@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iris_core.config import config_to_dict
+from pipelines import console
 from pipelines.stages.common import StageContext
 from pipelines.stages.result import StageResult
 from pipelines.stages.runner import StageSpec
@@ -119,4 +120,20 @@ def mlflow_tracking(ctx: StageContext, spec: StageSpec) -> Iterator[MlflowStageT
         iteration=spec.iteration,
         tags={**input_tags(ctx, spec), "iris.device": str(ctx.device)},
     ) as run:
-        yield MlflowStageTracker(run, root)
+        try:
+            yield MlflowStageTracker(run, root)
+        finally:
+            _log_console(run)
+
+
+CONSOLE_ARTIFACT = "console.log"
+
+
+def _log_console(run: Any) -> None:
+    """What the stage printed in this run (its part of ``.iris/logs/<stage>.log``, see
+    :mod:`pipelines.console`) as the run's ``console.log`` artifact; never fails the stage."""
+    log = console.active()
+    text = log.text() if log is not None else ""
+    if text:
+        with contextlib.suppress(Exception):
+            run.log_text(text, CONSOLE_ARTIFACT)
