@@ -1,24 +1,71 @@
 """The ``iris`` command.
 
 Overrides follow the paper code's style: ``iris config show env=atari params=atari
-env.train.id=BreakoutNoFrameskip-v4``. Bad configuration exits with code 2 and names the key.
+env.train.id=BreakoutNoFrameskip-v4``.
+
+Every expected failure (bad configuration, an unknown game, a missing GPU, a workspace that cannot
+be written, a running campaign, an unknown model, a missing optional extra...) ends with one line,
+``error: <cause>: <what to change>``, and exit code 2, without a traceback (``iris --debug``
+shows it); what can be checked before any work or write is (:mod:`pipelines.preflight`). Ctrl-C
+ends with one line and exit code 130. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import functools
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
+import typer.exceptions
 
 from iris_core.config import ConfigError
 from pipelines import config as config_loader
+from pipelines import preflight
+from pipelines.errors import EXIT_USER_ERROR, UserError, one_line
 from pipelines.viewer import cli as viewer_cli
 
-EXIT_BAD_CONFIG = 2
+if TYPE_CHECKING:
+    from pipelines.config import Experiment
 
-app = typer.Typer(
+EXIT_BAD_CONFIG = EXIT_USER_ERROR
+EXIT_INTERRUPTED = 130
+
+
+class GuardedCommand(typer.core.TyperCommand):
+    """A command whose expected failures end in one line and exit code 2 (see the module docstring)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise  # typer's own exits and usage errors
+        except KeyboardInterrupt:
+            if DEBUG:
+                raise
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as error:
+            message = one_line(error)
+            if message is None or DEBUG:
+                raise
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+class GuardedTyper(typer.Typer):
+    """Every command registered on it is a :class:`GuardedCommand`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        kwargs.setdefault("cls", GuardedCommand)
+        return super().command(*args, **kwargs)
+
+
+app = GuardedTyper(
     name="iris",
     help="Δ-IRIS: world-model agent training as versioned, orchestrated stages.",
     no_args_is_help=True,
@@ -36,7 +83,7 @@ def _options(
     DEBUG = debug
 
 
-config_app = typer.Typer(help="Show, check and write the experiment configuration.", no_args_is_help=True)
+config_app = GuardedTyper(help="Show, check and write the experiment configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 Overrides = Annotated[
@@ -70,22 +117,56 @@ def _fail_with(message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_CONFIG)
 
 
+def _check_override_syntax(overrides: list[str]) -> None:
+    """Each override's value parses as YAML (the config loader reads it so): name the one that
+    does not, before its parser's traceback could."""
+    import yaml
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            continue  # the loader names overrides that are not key=value
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = " ".join(str(getattr(error, "problem", None) or error).split())
+            raise UserError(
+                f"invalid configuration: {key.strip()}={value}: cannot parse the value ({problem}); "
+                "close its brackets and quotes (a list: key=[1,2])"
+            ) from None
+
+
+def _params_text(overrides: list[str] | None, params_file: Path | None) -> tuple[str, Experiment]:
+    _check_override_syntax(overrides or [])
+    return config_loader.params_text(overrides=overrides or [], params_file=params_file)
+
+
+def _check_campaign(workspace: Path, experiment: Experiment) -> None:
+    """Everything a campaign needs that can be checked before anything is written."""
+    preflight.check_folder(workspace, "--workspace")
+    preflight.check_config(experiment.config)
+    preflight.check_campaign_free(workspace)
+
+
+def _remove_if_unstarted(workspace: Path) -> None:
+    """Remove a workspace this command created if no stage started in it (a failure before the
+    first stage leaves nothing behind)."""
+    from pipelines.workspace import Workspace as Files
+
+    started = (workspace / "dvc.lock").exists() or Files(workspace).log("init").parent.exists()
+    if workspace.is_dir() and not started:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
 def _run_flow(workspace: Path, params_yaml: str | None) -> None:
     """The campaign through the Prefect flow (embedded API), stage by stage through DVC."""
-    from pipelines.flows.lock import CampaignRunningError
-    from pipelines.flows.prepare import WorkspaceError
-    from pipelines.flows.stages import StageError as FlowStageError
     from pipelines.flows.train import run_train
 
     try:
         summary = run_train(workspace=str(workspace), params_yaml=params_yaml)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: `iris resume --workspace {workspace}` continues the campaign", err=True)
-        raise typer.Exit(130) from None
-    except (FlowStageError, CampaignRunningError, WorkspaceError) as error:
-        if DEBUG:
-            raise
-        raise _fail_with(str(error)) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     ran = summary.get("ran", [])
     typer.echo(f"campaign {summary['campaign']}: {len(ran)} stage(s) ran, the rest were up to date")
     for iteration, record in sorted(summary.get("iterations", {}).items(), key=lambda kv: int(kv[0])):
@@ -96,6 +177,52 @@ def _run_flow(workspace: Path, params_yaml: str | None) -> None:
                 f"(version {promotion.get('version')}: {promotion.get('reason')})"
             )
     typer.echo(_where_to_look(workspace))
+
+
+def _run_in_process(workspace: Path, params_yaml: str) -> None:
+    """Every stage in this process, in order, under the campaign lock; each stage's output is
+    kept in ``.iris/logs/<stage>.log`` as when DVC runs it."""
+    from pipelines.atomic import atomic_write_text
+    from pipelines.config import load_experiment
+    from pipelines.console import console_log
+    from pipelines.flows.lock import CampaignLock
+    from pipelines.interrupts import catching_interrupts
+    from pipelines.stages.runner import run_stage, stage_order
+    from pipelines.workspace import Workspace as Files
+
+    files = Files(workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    with catching_interrupts(), CampaignLock(workspace, holder="iris train --in-process"):
+        atomic_write_text(files.params, params_yaml)
+        experiment = load_experiment(params_file=files.params)
+        for spec in stage_order(experiment.loop):
+            # The stage's last line (its error, or the interruption) goes to its log too.
+            with console_log(files.log(spec.name), spec.name):
+                try:
+                    run_stage(workspace, spec, experiment=experiment)
+                except KeyboardInterrupt:
+                    typer.echo(
+                        f"{spec.name}: interrupted; `iris train --in-process --workspace {workspace}` "
+                        "with the same params continues (training stages from their mid-stage checkpoints)",
+                        err=True,
+                    )
+                    raise typer.Exit(EXIT_INTERRUPTED) from None
+                except Exception as error:
+                    message = one_line(error)
+                    if message is None or DEBUG:
+                        raise
+                    typer.echo(f"error: {spec.name}: {message}", err=True)
+                    raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _use_tracking_store(workspace: Path) -> None:
+    """Point MLflow at the workspace's store for reading models, creating nothing in it (unlike
+    ``tracking.configure``, which adds the campaign experiment if it is missing)."""
+    import mlflow
+
+    from pipelines import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri(workspace))
 
 
 def _where_to_look(workspace: Path) -> str:
@@ -121,20 +248,19 @@ def train(
     (collect → tokenizer → world model → actor-critic → evaluate → promote, per iteration)
     through the Prefect flow and DVC. An earlier campaign with other params in the same
     workspace is saved as a DVC experiment first."""
+    text, experiment = _params_text(overrides, params_file)
+    _check_campaign(workspace, experiment)
+    existed = workspace.exists()
     try:
-        text, _ = config_loader.params_text(overrides=overrides or [], params_file=params_file)
-    except ConfigError as error:
-        raise _fail(error) from None
-    if in_process:
-        from pipelines.atomic import atomic_write_text
-        from pipelines.stages.runner import run_campaign
-
-        workspace.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(workspace / "params.yaml", text)
-        run_campaign(workspace)
-        typer.echo(_where_to_look(workspace))
-        return
-    _run_flow(workspace, text)
+        if in_process:
+            _run_in_process(workspace, text)
+            typer.echo(_where_to_look(workspace))
+        else:
+            _run_flow(workspace, text)
+    except Exception as error:
+        if not existed and one_line(error) is not None:
+            _remove_if_unstarted(workspace)
+        raise
 
 
 @app.command("resume")
@@ -143,10 +269,8 @@ def resume(workspace: Workspace = Path(".")) -> None:
     continue from their mid-stage checkpoints."""
     if not (workspace / "params.yaml").is_file():
         raise _fail_with(f"no campaign in {workspace}: params.yaml is missing (start one with `iris train`)")
-    try:
-        config_loader.load_experiment(params_file=workspace / "params.yaml")
-    except ConfigError as error:
-        raise _fail(error) from None
+    experiment = config_loader.load_experiment(params_file=workspace / "params.yaml")
+    _check_campaign(workspace, experiment)
     _run_flow(workspace, None)
 
 
@@ -158,34 +282,50 @@ def evaluate(
     workspace: Workspace = Path("."),
     episodes: Annotated[int | None, typer.Option(help="Test episodes (default: the model's config).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the test environments.")] = 0,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:<n> or auto (default: the model's config).")
+    ] = None,
 ) -> None:
     """Play test episodes with a registered agent; print the mean return with its 95% bootstrap
     confidence interval and the Crafter score (or the Atari human-normalised score)."""
-    import dataclasses
+    if episodes is not None and episodes < 1:
+        raise _fail_with(f"--episodes {episodes}: give at least 1")
+    if device is not None:
+        preflight.check_device(device, "--device")
+    preflight.check_tracking_store(workspace)
+
     import tempfile
 
-    import numpy as np
-    import torch
-    from scipy.stats import bootstrap
-
-    from iris_core.models.agent import Agent
-    from iris_core.training.evaluate import play_test_episodes, summarise_test_episodes
-    from iris_core.training.scores import human_normalized_score
     from pipelines import tracking
-    from pipelines.stages.common import resolve_device
-    from pipelines.tracking.policy import load_agent_config
 
-    tracking.configure(workspace)
+    _use_tracking_store(workspace)
     with tempfile.TemporaryDirectory() as folder:
         try:
             weights, config_file = tracking.download_agent(model, Path(folder))
         except Exception as error:  # an unknown model, alias or version
-            raise _fail_with(f"cannot load {model}: {str(error).splitlines()[0]}") from None
+            raise _fail_with(
+                f"cannot load {model} from the MLflow store of {workspace}: {str(error).splitlines()[0]}"
+            ) from None
+        import dataclasses
+
+        import numpy as np
+        import torch
+        from scipy.stats import bootstrap
+
+        from iris_core.models.agent import Agent
+        from iris_core.training.evaluate import play_test_episodes, summarise_test_episodes
+        from iris_core.training.scores import human_normalized_score
+        from pipelines.stages.common import resolve_device
+        from pipelines.tracking.policy import load_agent_config
+
         config = load_agent_config(config_file)
         if episodes is not None:
             test = dataclasses.replace(config.collection.test, num_episodes=episodes)
             config = dataclasses.replace(config, collection=dataclasses.replace(config.collection, test=test))
-        agent = Agent(config).to(resolve_device(config.common.device))
+        if device is None:
+            preflight.check_device(config.common.device, f"common.device of {model} (or --device)")
+        preflight.check_env(config.env.test, f"env.test of {model}")
+        agent = Agent(config).to(resolve_device(device or config.common.device))
         agent.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     torch.manual_seed(seed)
     results = play_test_episodes(agent, config, env_seed=2_000_000 + seed)
@@ -214,25 +354,26 @@ def promote(
     workspace: Workspace = Path("."),
 ) -> None:
     """Manage the champion of a registered model (promotion itself is a pipeline stage)."""
-    from pipelines import tracking
-
     if not rollback:
         raise _fail_with(
             "nothing to do: promotion runs in the pipeline (promote@i); use --rollback to undo one"
         )
     name = model
     if name is None:
-        try:
-            experiment = config_loader.load_experiment(params_file=workspace / "params.yaml")
-        except ConfigError as error:
-            raise _fail(error) from None
+        if not (workspace / "params.yaml").is_file():
+            raise _fail_with(
+                f"no campaign in {workspace} (no params.yaml): pass --workspace of a campaign, "
+                "or --model <registered name>"
+            )
+        experiment = config_loader.load_experiment(params_file=workspace / "params.yaml")
         env = experiment.config.env.train.id or experiment.config.env.train.kind
         name = f"delta-iris-{env}"
-    tracking.configure(workspace)
-    try:
-        version = tracking.rollback(name)
-    except tracking.RegistryError as error:
-        raise _fail_with(str(error)) from None
+    preflight.check_tracking_store(workspace)
+
+    from pipelines import tracking
+
+    _use_tracking_store(workspace)
+    version = tracking.rollback(name)
     typer.echo(f"{name}: version {version} is the champion again")
 
 
@@ -247,9 +388,18 @@ def ui(
     import os
     import subprocess
 
+    if not workspace.is_dir():
+        raise _fail_with(f"--workspace {workspace} is not a folder: pass the workspace of a campaign")
+    preflight.check_tracking_store(workspace)
+    preflight.check_port_free(mlflow_port, "--mlflow-port")
+    preflight.check_port_free(prefect_port, "--prefect-port")
+    bin_dir = Path(sys.executable).parent
+    for tool in ("mlflow", "prefect"):
+        if not (bin_dir / tool).is_file():
+            raise _fail_with(f"{tool} is not installed in {bin_dir}: pip install -e .")
+
     from pipelines import tracking
 
-    bin_dir = Path(sys.executable).parent
     uri = tracking.tracking_uri(workspace)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     commands = [
@@ -292,19 +442,32 @@ def stage(
     raise typer.Exit(run_one(name, workspace))
 
 
+def _checked_viewer(command: Callable[..., None]) -> Callable[..., None]:
+    """A viewer command (pipelines/viewer/cli.py) behind the checks of its options: the device,
+    and pygame for the play window."""
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        if options.get("device") is not None:
+            preflight.check_device(str(options["device"]), "--device")
+        if command is viewer_cli.play and options.get("record_frames") is None:
+            preflight.check_module("pygame", "gui", "the play window", "or --record N for a video, no window")
+        command(**options)
+
+    return run
+
+
 # Looking at agents, world models and campaigns (pipelines/viewer, docs/viewing.md).
-app.command("dream")(viewer_cli.dream)
-app.command("report")(viewer_cli.report)
-app.command("play")(viewer_cli.play)
+app.command("dream")(_checked_viewer(viewer_cli.dream))
+app.command("report")(_checked_viewer(viewer_cli.report))
+app.command("play")(_checked_viewer(viewer_cli.play))
 
 
 @config_app.command("show")
 def config_show(overrides: Overrides = None, params_file: ParamsFile = None) -> None:
     """Print the resolved configuration (derived sizes filled in) as YAML."""
-    try:
-        cfg = config_loader.load_config(overrides=overrides or [], params_file=params_file)
-    except ConfigError as error:
-        raise _fail(error) from None
+    _check_override_syntax(overrides or [])
+    cfg = config_loader.load_config(overrides=overrides or [], params_file=params_file)
     sys.stdout.write(config_loader.to_yaml(cfg))
 
 
@@ -317,22 +480,15 @@ def config_write(
     ] = "params.yaml",
 ) -> None:
     """Check the configuration and write it as plain values (default: params.yaml)."""
-    try:
-        text, _ = config_loader.params_text(overrides=overrides or [], params_file=params_file)
-    except ConfigError as error:
-        raise _fail(error) from None
+    if output != "-":
+        preflight.check_output_file(Path(output), "--output")
+    text, _ = _params_text(overrides, params_file)
     if output == "-":
         sys.stdout.write(text)
         return
-    target = Path(output)
-    if target.is_dir():
-        raise _fail_with(f"--output {output} is a folder: give a file name (e.g. {target / 'params.yaml'})")
-    try:
-        from pipelines.atomic import atomic_write_text
+    from pipelines.atomic import atomic_write_text
 
-        atomic_write_text(target, text)
-    except OSError as error:
-        raise _fail_with(f"cannot write {output}: {error.strerror or error}") from None
+    atomic_write_text(Path(output), text)
     typer.echo(f"wrote {output}")
 
 

@@ -73,4 +73,10 @@ class Workspace:
         return self.scratch / "status" / f"{stage}.json"
 
     def log(self, stage: str) -> Path:
+        """What the stage printed, run after run (:mod:`pipelines.console`)."""
         return self.scratch / "logs" / f"{stage}.log"
+
+    @property
+    def campaign_lock(self) -> Path:
+        """The lock a running campaign holds (:mod:`pipelines.flows.lock`)."""
+        return self.scratch / "campaign.lock"
