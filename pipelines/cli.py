@@ -13,6 +13,7 @@ ends with one line and exit code 130. Anything else is a bug and keeps its trace
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import sys
 from collections.abc import Callable
@@ -158,15 +159,54 @@ def _remove_if_unstarted(workspace: Path) -> None:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
+class _NoTracebackWhenExpected(logging.Filter):
+    """Prefect logs a failed flow run with its traceback; for an expected failure (which the
+    command then names in one line) or an interrupt, the log line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, KeyboardInterrupt) or one_line(error) is not None):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _api_server_outlives_ctrl_c() -> None:
+    """Start Prefect's ephemeral API server in a session of its own.
+
+    Ctrl-C in a terminal reaches the whole foreground process group: the server would stop at
+    once, and the interrupted flow could then neither record its crash nor shut down (Prefect
+    waits for the dead server at exit). In its own session the server lives until Prefect stops it
+    at exit, as after any other run. Only the server's module sees the change."""
+    import subprocess
+    import types
+
+    from prefect.server.api import server
+
+    if getattr(server, "subprocess", None) is not subprocess:
+        return  # done already (or Prefect changed: leave it alone)
+    own_session = types.ModuleType("subprocess", "subprocess, with Popen in a new session")
+    own_session.__dict__.update(vars(subprocess))
+    own_session.__dict__["Popen"] = functools.partial(subprocess.Popen, start_new_session=True)
+    setattr(server, "subprocess", own_session)  # noqa: B010 (not an exported name)
+
+
 def _run_flow(workspace: Path, params_yaml: str | None) -> None:
     """The campaign through the Prefect flow (embedded API), stage by stage through DVC."""
     from pipelines.flows.train import run_train
 
+    _api_server_outlives_ctrl_c()
+    if not DEBUG:
+        for handler in logging.getLogger().handlers:  # Prefect's console handler
+            handler.addFilter(_NoTracebackWhenExpected())
     try:
         summary = run_train(workspace=str(workspace), params_yaml=params_yaml)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: `iris resume --workspace {workspace}` continues the campaign", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        # The flow is over: Prefect's teardown chatter ("Stopping temporary server") would come
+        # after the command's last line.
+        logging.getLogger("prefect").setLevel(logging.WARNING)
     ran = summary.get("ran", [])
     typer.echo(f"campaign {summary['campaign']}: {len(ran)} stage(s) ran, the rest were up to date")
     for iteration, record in sorted(summary.get("iterations", {}).items(), key=lambda kv: int(kv[0])):
