@@ -258,10 +258,13 @@ def _run_in_process(workspace: Path, params_yaml: str) -> None:
 def _use_tracking_store(workspace: Path) -> None:
     """Point MLflow at the workspace's store for reading models, creating nothing in it (unlike
     ``tracking.configure``, which adds the campaign experiment if it is missing)."""
+    import os
+
     import mlflow
 
     from pipelines import tracking
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as tracking.configure
     mlflow.set_tracking_uri(tracking.tracking_uri(workspace))
 
 
