@@ -84,11 +84,30 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _stop_group(process: Popen[str], grace_seconds: float = 10.0) -> None:
-    """SIGTERM the process group (DVC and its stage command), then SIGKILL whatever is left of it."""
-    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+    """SIGTERM the process group (DVC and its stage command), then SIGKILL whatever is left of it.
+
+    The grace period is for the whole group, not only DVC: a stage cleans up on SIGTERM (removes
+    its temporary store, releases its lock), and DVC may exit before its stage has finished that.
+    """
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_seconds)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        process.poll()  # reap DVC, or the group never looks empty
+        if not _group_alive(process.pid):
+            break
+        time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -7,7 +7,8 @@ machine would):
 
 - `permanent:<message>`: write the permanent-failure status file and exit with code 2;
 - `transient-once`: kill itself with SIGKILL the first time, succeed afterwards;
-- `wait`: block until `.iris/toy/<stage>.release` exists (for tests of concurrent flows).
+- `wait`: block until `.iris/toy/<stage>.release` exists (for tests of concurrent flows);
+- `slow-cleanup`: block; on SIGTERM take a second to clean up, then touch `.iris/toy/<stage>.cleaned`.
 
 With `MLFLOW_TRACKING_URI` set, `promote@i` logs a run per stage of the iteration to MLflow
 (experiment `toy-campaign`, tagged with the campaign and seed) and records their ids.
@@ -44,6 +45,16 @@ if control.startswith("permanent:"):
 if control == "transient-once" and not (toy / f"{stage}.failed").exists():
     (toy / f"{stage}.failed").touch()
     os.kill(os.getpid(), signal.SIGKILL)
+if control == "slow-cleanup":  # on SIGTERM, a second of cleanup, then a mark that it finished
+    def cleanup(signum, frame):
+        time.sleep(1.0)
+        (toy / f"{stage}.cleaned").touch()
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, cleanup)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 if control == "wait":
     deadline = time.monotonic() + 60
     while not (toy / f"{stage}.release").exists() and time.monotonic() < deadline:
