@@ -555,6 +555,17 @@ def _chain(iterations: Sequence[int]) -> dict[str, dict[str, str]]:
     return {str(i): {"prev": str(i - 1)} for i in iterations}
 
 
+def _evaluation_chain(iterations: Sequence[int]) -> dict[str, dict[str, str]]:
+    """Like :func:`_chain`, and ``after``: the file of the promotion before (the first evaluation:
+    init's actor-critic), a dependency of ``promote@i`` so that promotions run in order."""
+    chain = _chain(iterations)
+    previous = "state/actor_critic/0.pt"
+    for key, entry in chain.items():
+        entry["after"] = previous
+        previous = f"promotion/{key}.json"
+    return chain
+
+
 def derive_loop(config: IrisConfig, loop: Mapping[str, Any] | None) -> LoopConfig:
     """Check the ``loop`` section of a merged tree and fill in its iterations and evaluations."""
     from iris_core.training.schedule import Schedule
@@ -580,7 +591,7 @@ def derive_loop(config: IrisConfig, loop: Mapping[str, Any] | None) -> LoopConfi
     schedule = Schedule(config, settings["epochs_per_iteration"])
     expected = {
         "iterations": _chain(range(1, schedule.num_iterations + 1)),
-        "evaluations": _chain(schedule.evaluated_iterations()),
+        "evaluations": _evaluation_chain(schedule.evaluated_iterations()),
     }
     for key, value in expected.items():
         given = data.get(key)

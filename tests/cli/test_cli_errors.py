@@ -253,7 +253,9 @@ def test_play_without_pygame_names_the_extra(tmp_path: Path) -> None:
     hidden.mkdir()
     (hidden / "pygame.py").write_text("raise ModuleNotFoundError('no pygame here', name='pygame')\n")
     before = snapshot(tmp_path)
-    result = run_iris("play", "--workspace", ".", cwd=tmp_path, env={"PYTHONPATH": str(hidden)})
+    # (No bytecode: the stand-in module's __pycache__ would be a change the command did not make.)
+    env = {"PYTHONPATH": str(hidden), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = run_iris("play", "--workspace", ".", cwd=tmp_path, env=env)
     assert_one_line_error(result, "play window needs pygame", "pip install -e '.[gui]'", "--record")
     unchanged(tmp_path, result, before)
 

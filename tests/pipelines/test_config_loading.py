@@ -255,7 +255,11 @@ def test_params_text_generates_the_iterations_dvc_reads(tmp_path: Path) -> None:
     loop = load_experiment(params_file=path).loop
     assert list(loop.iterations) == ["1", "2", "3", "4", "5"]
     assert loop.iterations["3"] == {"prev": "2"}
-    assert loop.evaluations == {"2": {"prev": "1"}, "4": {"prev": "3"}}
+    # Each promotion depends on the one before (the first: on init's actor-critic).
+    assert loop.evaluations == {
+        "2": {"prev": "1", "after": "state/actor_critic/0.pt"},
+        "4": {"prev": "3", "after": "promotion/2.json"},
+    }
 
     # K = 2: epochs 1-2, 3-4, 5; evaluated where an epoch of the iteration is on the cadence.
     write_params(path, params_file=path, overrides=["loop.epochs_per_iteration=2"])
