@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TextIO
 
 from tqdm import tqdm
@@ -24,6 +25,10 @@ def _duration(value: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e12 else f"{value:.4g}"
 
 
 class Progress:
@@ -52,7 +57,7 @@ class Progress:
             rate = elapsed / self.done
             parts.append(f"{rate:.3g} s/{self.unit}")
             parts.append(f"ETA {_duration(rate * (self.total - self.done))}")
-        parts += [f"{k} {v:.4g}" for k, v in self.values.items()]
+        parts += [f"{k} {_number(v)}" for k, v in self.values.items()]
         return ", ".join(parts)
 
     def update(self, done: int, values: Mapping[str, float] | None = None) -> None:
@@ -80,3 +85,15 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def episode_progress(description: str, num_episodes: int) -> Iterator[Callable[[int, int], None]]:
+    """Progress of test episodes, for ``play_test_episodes(..., on_step=...)``: episodes done and
+    env steps so far, so a long episode (Atari: up to 27,000 steps) is not a silent one."""
+    with Progress(description, num_episodes, unit="test episode") as bar:
+
+        def on_step(episodes_done: int, env_steps: int) -> None:
+            bar.update(episodes_done, {"env_steps": env_steps})
+
+        yield on_step

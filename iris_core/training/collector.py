@@ -418,8 +418,11 @@ def collect_test_episodes(
     seed: int = 0,
     sink: EpisodeSink | None = None,
     device: torch.device | str = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[EpisodeMetrics]:
     """Exactly ``num_episodes`` complete test episodes, with ids ``0..num_episodes-1``.
+
+    ``on_step(episodes_done, env_steps)`` (progress reports) is called after every step of the envs.
 
     The envs play in rounds that start together. The first round starts from an LSTM burned in on
     ``burn_in_length`` zero frames, later rounds from a zeroed LSTM (the reference's mid-call
@@ -431,6 +434,7 @@ def collect_test_episodes(
     device = torch.device(device)
     num_envs = env.num_envs
     metrics: list[EpisodeMetrics] = []
+    env_steps = 0
     first_round = True
     while len(metrics) < num_episodes:
         keep = min(num_envs, num_episodes - len(metrics))
@@ -447,9 +451,12 @@ def collect_test_episodes(
             if epsilon > 0.0 and rng.random() < epsilon:
                 act = rng.integers(env.num_actions, size=num_envs)
             act = act.astype(np.int64)
+            env_steps += int(np.count_nonzero(env.running))
             step = env.step(act)
             round_metrics += _record_step(episodes, obs, act, step, env.num_actions, sink, 0, mask)
             obs = step.obs
+            if on_step is not None:
+                on_step(len(metrics) + len(round_metrics), env_steps)
         metrics += sorted(round_metrics, key=lambda m: m.episode_id)
     return metrics
 
@@ -463,6 +470,7 @@ def collect_test_epoch(
     seed: int,
     sink: EpisodeSink | None = None,
     device: torch.device | str = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[EpisodeMetrics]:
     """:func:`collect_test_episodes` with the test collection settings of the config."""
     return collect_test_episodes(
@@ -476,4 +484,5 @@ def collect_test_epoch(
         seed=seed,
         sink=sink,
         device=device,
+        on_step=on_step,
     )

@@ -45,9 +45,14 @@ class MemorySink:
 
 
 def play_test_episodes(
-    agent: Agent, config: IrisConfig, env_seed: int, sink: MemorySink | None = None
+    agent: Agent,
+    config: IrisConfig,
+    env_seed: int,
+    sink: MemorySink | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[EpisodeMetrics]:
-    """``collection.test.num_episodes`` test episodes on fresh test envs seeded ``env_seed + k``.
+    """``collection.test.num_episodes`` test episodes on fresh test envs seeded ``env_seed + k``
+    (``on_step(episodes_done, env_steps)``: progress, after every step of the envs).
 
     Two agents played with the same ``env_seed`` (and torch seed) meet the same worlds episode for
     episode, which is what pairs them in the promotion gate.
@@ -64,6 +69,7 @@ def play_test_episodes(
             seed=env_seed,
             sink=sink,
             device=agent.device,
+            on_step=on_step,
         )
     finally:
         env.close()

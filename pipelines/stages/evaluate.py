@@ -15,6 +15,7 @@ from iris_core.training.evaluate import (
     reconstructions,
     summarise_test_episodes,
 )
+from pipelines.progress import episode_progress
 from pipelines.stages.common import StageContext, stage_seed, write_json
 from pipelines.stages.media import write_reconstruction_grid, write_video
 from pipelines.stages.result import StageResult
@@ -44,7 +45,8 @@ def run_evaluate(ctx: StageContext, iteration: int) -> StageResult:
     ctx.seed("evaluate", iteration)
     env_seed = evaluation_env_seed(config.common.seed, iteration)
     sink = MemorySink()
-    episodes = play_test_episodes(agent, config, env_seed, sink)
+    with episode_progress(f"evaluate@{iteration}", config.collection.test.num_episodes) as on_step:
+        episodes = play_test_episodes(agent, config, env_seed, sink, on_step=on_step)
     metrics = summarise_test_episodes(episodes)
     test_set = sink.episodes()
     metrics.update(held_out_losses(agent, test_set, config))

@@ -18,6 +18,7 @@ from iris_core.models.agent import Agent
 from iris_core.training.evaluate import play_test_episodes
 from iris_core.training.schedule import COMPONENTS
 from pipelines.atomic import atomic_torch_save, atomic_write_text
+from pipelines.progress import episode_progress
 from pipelines.stages.common import StageContext, StageError, read_checkpoint, write_json
 from pipelines.stages.faults import kill_point
 from pipelines.stages.result import StageResult
@@ -39,7 +40,9 @@ def _champion_returns(ctx: StageContext, model_uri: str, env_seed: int, iteratio
     agent = Agent(champion_config).to(ctx.device)
     agent.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     ctx.seed("evaluate", iteration)
-    episodes = play_test_episodes(agent, ctx.config.with_num_actions(champion_config.num_actions), env_seed)
+    config = ctx.config.with_num_actions(champion_config.num_actions)
+    with episode_progress(f"promote@{iteration}: champion", config.collection.test.num_episodes) as on_step:
+        episodes = play_test_episodes(agent, config, env_seed, on_step=on_step)
     return [m.episode_return for m in episodes]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
+from dvc_workspace import Campaigns
 
 from pipelines import progress
 
@@ -32,3 +34,23 @@ def test_lines_are_spaced_out_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
             bar.update(done)
     # The opening and closing lines only: one line per interval, not per update.
     assert len(stream.getvalue().splitlines()) == 2
+
+
+def test_every_phase_of_a_campaign_reports_its_progress(campaigns: Campaigns) -> None:
+    """What `dvc repro` of the tiny campaign printed: each phase announces its work, and ends with
+    its count, rate and duration; every stage ends with a "done" line."""
+    output = campaigns.dvc.output
+    phases = [
+        ("collect@1", "env steps"),
+        ("tokenizer@1", "steps"),
+        ("world_model@1", "steps"),
+        ("actor_critic@1", "steps"),
+        ("evaluate@1", "test episodes"),
+        ("evaluate@2", "test episodes"),
+        ("promote@2: champion", "test episodes"),  # the champion replayed on the same seeds
+    ]
+    for phase, unit in phases:
+        assert re.search(rf"^{re.escape(phase)}: \d+ {unit} to go$", output, re.M), phase
+        assert re.search(rf"^{re.escape(phase)}: (\d+)/\1 {unit}, .* in \d+ (s|min)", output, re.M), phase
+    for stage in campaigns.dvc.stages:
+        assert re.search(rf"^{re.escape(stage)}: done in [0-9.]+ s$", output, re.M), stage
