@@ -240,6 +240,26 @@ def _save_convolutions(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoi
     return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+def _without_cast_cache(function: Any) -> Any:
+    """``function`` with autocast's cache of cast weights off inside it (the same values).
+
+    A module run more than once in a forward pass (batch chunks) takes its cast weights from that
+    cache after the first run, while its recomputation in the backward pass casts them again: the
+    selective checkpoint then meets casts it never recorded and fails. Without the cache both
+    passes cast alike.
+    """
+
+    def run(x: Tensor) -> Any:
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type) and torch.is_autocast_cache_enabled():
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+                return function(x)
+        return function(x)
+
+    return run
+
+
 class _Checkpointed(nn.Module):
     """Mixin: the block's forward under selective activation checkpointing when autograd records."""
 
@@ -249,7 +269,7 @@ class _Checkpointed(nn.Module):
             out: Tensor = plain(x)
             return out
         result = checkpoint(
-            plain,
+            _without_cast_cache(plain),
             x,
             use_reentrant=False,
             preserve_rng_state=False,  # nothing random in a CNN block
@@ -314,7 +334,7 @@ class _Chunked(nn.Module):
 
 
 def _checkpoint(function: Any, x: Tensor) -> Tensor:
-    out = checkpoint(function, x, use_reentrant=False, preserve_rng_state=False)
+    out = checkpoint(_without_cast_cache(function), x, use_reentrant=False, preserve_rng_state=False)
     assert isinstance(out, Tensor)
     return out
 

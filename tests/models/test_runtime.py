@@ -59,6 +59,26 @@ def test_checkpointing_under_bf16_autocast_gives_the_plain_values_and_gradients(
         torch.testing.assert_close(actual[key], value, rtol=2e-2, atol=2e-3, msg=key)
 
 
+def test_cpu_default_under_bf16_autocast_backpropagates_outside_it() -> None:
+    """Batch chunks run each CNN more than once per forward pass; autocast's cache of cast weights
+    must not make the checkpointed recomputation differ from the forward pass (the training loop
+    calls backward after leaving autocast)."""
+    torch.manual_seed(0)
+    plain = runtime.apply_runtime(Agent(small_config()), OFF, "cpu")
+    optimised = runtime.apply_runtime(copy.deepcopy(plain), RuntimeConfig(), "cpu")
+    batch = make_batch(4, 21)  # 84 frames: three chunks
+    grads = []
+    for agent in (plain, optimised):
+        agent.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses, _ = agent.tokenizer.train().compute_loss(batch)
+        torch.stack([v.float() for v in losses.values()]).sum().backward()
+        grads.append({k: p.grad for k, p in agent.tokenizer.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for key, value in grads[0].items():
+        torch.testing.assert_close(grads[1][key], value, rtol=5e-2, atol=5e-3, msg=key)
+
+
 def test_defaults_per_device() -> None:
     cpu = runtime.resolve_runtime(RuntimeConfig(), "cpu")
     assert (cpu.channels_last, cpu.cpu_kernels, cpu.checkpoint_cnns) == (True, True, True)
