@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from toy_pipeline import params_yaml
+from toy_pipeline import params_yaml, read_artifact
 
 from pipelines.flows import train
 from pipelines.flows.train import publish_report
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def _read_artifact(key: str) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key!r}"
-    return max(found, key=lambda artifact: artifact.created)
 
 
 def test_the_report_is_attached_to_the_campaigns_mlflow_run_and_published(
@@ -61,14 +50,14 @@ def test_the_report_is_attached_to_the_campaigns_mlflow_run_and_published(
     # Prefect: the report's tables as markdown, and links to its pages in MLflow's UI (the link
     # artifact: the summary, small enough for the UI's preview).
     url = f"http://mlflow.example/#/experiments/{experiment}/runs/{parent}/artifactPath/report/"
-    markdown = _read_artifact("reported-report").data
+    markdown = read_artifact("reported-report").data
     assert markdown.startswith("# Δ-IRIS campaign: reported\n")
     assert f"- [summary in MLflow]({url}summary.html)" in markdown
     assert f"- [report with figures in MLflow]({url}report.html)" in markdown
     assert "| 1 | 2 | 1.5 |" in markdown  # evaluation table: iteration, episodes, mean return
     assert "| 2 | toy-agent | 2 | promoted |" in markdown  # registry history
     assert "- figure `returns.png`" in markdown and "](figures/" not in markdown
-    assert _read_artifact("reported-report-html").data == f"[report of campaign reported]({url}summary.html)"
+    assert read_artifact("reported-report-html").data == f"[report of campaign reported]({url}summary.html)"
 
     # Published once, after the last promotion only.
     assert summary["ran"][-1] == "promote@2"
@@ -94,8 +83,8 @@ def test_without_mlflow_the_link_points_at_the_html_file(tmp_path: Path) -> None
         "html": str(html),
         "mlflow": None,
     }
-    assert _read_artifact("offline-report-html").data == f"[report of campaign offline]({html.as_uri()})"
-    markdown = _read_artifact("offline-report").data
+    assert read_artifact("offline-report-html").data == f"[report of campaign offline]({html.as_uri()})"
+    markdown = read_artifact("offline-report").data
     # This params.yaml is not a whole config: the report says so and goes on.
     assert "does not load with this code version" in markdown and "| 1 | 2 | 2.0 |" in markdown
 

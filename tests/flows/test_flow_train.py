@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from toy_pipeline import control, params_yaml, runs
+from toy_pipeline import control, params_yaml, read_artifact, runs
 
 from pipelines.flows import train
 from pipelines.flows.dag import plan_from_params
@@ -17,16 +17,6 @@ from pipelines.flows.lock import CampaignRunningError
 from pipelines.flows.stages import PermanentStageError
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def _read_artifact(key: str) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert found, f"no artifact {key!r}"
-    return max(found, key=lambda artifact: artifact.created)
 
 
 def test_the_flow_runs_every_stage_in_order_then_a_rerun_is_a_noop(
@@ -45,15 +35,15 @@ def test_the_flow_runs_every_stage_in_order_then_a_rerun_is_a_noop(
     assert summary["iterations"]["1"]["promotion"] is None
 
     # The artifacts: one markdown summary per iteration, and the campaign's progress at 100 %.
-    markdown = _read_artifact("seed-0-iteration-2").data
+    markdown = read_artifact("seed-0-iteration-2").data
     assert "# Campaign `seed-0`: iteration 2" in markdown
     assert "**Promotion: promoted**: version 2 of `toy-agent`" in markdown
     assert "| test/return_mean | 3 |" in markdown
     assert "| world_model | 0.3333 | 0.5 |" in markdown
     assert "| world_model@2 | world_model/eval/loss_total | 0.5 |" in markdown
     assert "/#/experiments/0/runs/run-evaluate-2)" in markdown
-    assert "No evaluation in this iteration." in _read_artifact("seed-0-iteration-1").data
-    progress = _read_artifact("seed-0-progress")
+    assert "No evaluation in this iteration." in read_artifact("seed-0-iteration-1").data
+    progress = read_artifact("seed-0-progress")
     assert float(progress.data) == pytest.approx(100.0)
 
     rerun = train(workspace=str(workspace), retries=0)

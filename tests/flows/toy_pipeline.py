@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -216,3 +217,14 @@ def runs(workspace: Path) -> list[str]:
     """The stages whose commands started, in order."""
     log = workspace / ".iris" / "toy" / "runs.log"
     return log.read_text().split() if log.exists() else []
+
+
+def read_artifact(key: str) -> Any:
+    """The newest Prefect artifact with this key (from the API the tests run against)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key!r}"
+    return max(found, key=lambda artifact: artifact.created)
