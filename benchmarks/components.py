@@ -2,7 +2,7 @@
 
 Run as ``python -m benchmarks.components --preset crafter --component tokenizer`` (or
 ``--component all``, which runs each component in its own process so that peak RSS is per
-component). Defaults are the paper's batches (spec §6): Crafter tokenizer and world model
+component). Defaults are the paper's batches (docs/method.md §3): Crafter tokenizer and world model
 32 × 21 frames, actor-critic 86 segments of 6 frames with horizon 15. ``--batch-size`` and
 ``--steps`` make a quick run. Inputs are random frames and actions: the cost of a step does not
 depend on their values (imagination always runs the full horizon).

@@ -8,7 +8,7 @@ The Crafter store holds real frames from ``crafter.Env`` driven by uniformly ran
 data of the paper's first epoch). It is generated once and cached under ``--cache-dir`` (a temp
 folder by default): generation takes ~3 ms per step on one core.
 
-Reference points (spec §8 and the reference implementation): ~0.2 s per world-model batch, 18.2 KB
+Reference points (the reference implementation, docs/method.md §2): ~0.2 s per world-model batch, 18.2 KB
 per stored step on disk, 12.3 KB of raw observation per step.
 """
 

@@ -1,9 +1,9 @@
 """Every hyperparameter of Δ-IRIS, as frozen dataclasses.
 
-The defaults are the paper's Crafter configuration (spec §3–§8); the Atari preset and the small
-quickstart preset override them from YAML (see ``config/``). Sizes that follow from other sizes are
-derived here, never written as arithmetic in YAML: a field left as ``None`` is filled in by
-``__post_init__``; a field given explicitly must agree with what it would be derived to.
+The defaults are the paper's Crafter configuration (docs/models.md, docs/method.md); the Atari
+preset and the small quickstart preset override them from YAML (see ``config/``). Sizes that follow
+from other sizes are derived here, never written as arithmetic in YAML: a field left as ``None`` is
+filled in by ``__post_init__``; a field given explicitly must agree with what it would be derived to.
 
 The frame size is one key, ``env.train.size`` (what the environment renders or resizes to): the
 loader (``pipelines.config``) fills ``env.test.size`` and the three ``image_size`` fields from it
@@ -96,7 +96,7 @@ def _nested(obj: object, name: str, value: object) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Convolutional networks (spec §3: FrameEncoder / FrameDecoder)
+# Convolutional networks (docs/models.md §1; the reference's FrameEncoder / FrameDecoder)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -153,7 +153,7 @@ class FrameCnnConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizer (spec §3)
+# Tokenizer (docs/models.md §2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -268,7 +268,7 @@ class TokenizerConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# World model (spec §4)
+# World model (docs/models.md §3)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -307,7 +307,7 @@ class TransformerConfig:
 
 @dataclass(frozen=True)
 class TwoHotConfig:
-    """Two-hot encoding of symlog values over uniformly spaced buckets (spec §4, §5)."""
+    """Two-hot encoding of symlog values over uniformly spaced buckets (docs/models.md §3, §4)."""
 
     num_buckets: int = 255
     low: float = -20.0
@@ -367,7 +367,7 @@ class WorldModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Actor-critic (spec §5)
+# Actor-critic (docs/models.md §4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -407,7 +407,7 @@ class ActorCriticConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training schedule and optimisation (spec §6)
+# Training schedule and optimisation (docs/method.md §5, §6)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -487,7 +487,7 @@ class TrainingConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Collection and evaluation (spec §2, §7)
+# Collection and evaluation (docs/method.md §4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -602,7 +602,7 @@ class RuntimeConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Environments (spec §7)
+# Environments (docs/method.md §1)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -745,7 +745,7 @@ class IrisConfig:
         )
 
         # Sequence lengths: the tokenizer sees world-model-length segments, the actor-critic
-        # burn-in + 1 frames (spec §5).
+        # burn-in + 1 frames (docs/method.md §3).
         wm_len = tr.world_model.sequence_length
         _require(wm_len is not None, "training.world_model.sequence_length", "must be set")
         assert wm_len is not None

@@ -1,4 +1,4 @@
-"""Episodes, segments, batches and the segment sampler (spec §8)."""
+"""Episodes, segments, batches and the segment sampler (docs/method.md §2, §3)."""
 
 from iris_core.data.structures import Batch, Episode, EpisodeSource, Segment, SegmentId, collate, make_segment
 

@@ -1,4 +1,4 @@
-"""Segment sampling with per-episode priorities, and the evaluation traversal (spec §8, §10.14).
+"""Segment sampling with per-episode priorities, and the evaluation traversal (docs/method.md §3).
 
 Glossary: an *episode* is addressed by its id ``0..num_episodes-1``; a *segment* is a window
 ``[start, stop)`` of ``sequence_length`` frames of one episode, zero-padded where it reaches outside
@@ -52,8 +52,8 @@ class SegmentSampler:
     priority_alpha: float
     can_sample_beyond_end: bool
     seed: int = 0
-    # False during paper epoch 1 (spec §2.2). When True, ``sample`` counts the segments it returns,
-    # so the next batch already sees them (the reference's loader lags by its prefetch depth).
+    # False during paper epoch 1 (docs/method.md §3). When True, ``sample`` counts the segments it
+    # returns, so the next batch already sees them (the reference's loader lags by its prefetch depth).
     update_counts: bool = False
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rng: np.random.Generator = field(init=False, repr=False)

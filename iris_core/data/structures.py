@@ -1,9 +1,9 @@
-"""The data structures shared by collection, storage, sampling and training (spec §8).
+"""The data structures shared by collection, storage, sampling and training (docs/method.md §2).
 
 An observation ``obs[t]`` is stored with the action ``act[t]`` taken in it, the reward ``rew[t]``
 received after that action and ``end[t]`` (1 when the episode ended after that action, by death,
 game over or time limit). ``trunc[t]`` is 1 where that end was a time limit (kept for analysis;
-the agent treats it as a termination, spec §10.16). The observation after the final step is
+the agent treats it as a termination, docs/method.md §1). The observation after the final step is
 never stored.
 
 Frames are uint8 ``(C, H, W)`` everywhere outside the networks; models divide by 255 themselves,
@@ -69,7 +69,7 @@ class Segment:
 
 
 def make_segment(episode: Episode, segment_id: SegmentId) -> Segment:
-    """Cut ``[start, stop)`` out of an episode, padding with zeros outside it (spec §8)."""
+    """Cut ``[start, stop)`` out of an episode, padding with zeros outside it (docs/method.md §2)."""
     length = len(episode)
     start, stop = segment_id.start, segment_id.stop
     assert start < length and stop > 0 and start < stop, f"segment {segment_id} misses the episode ({length})"

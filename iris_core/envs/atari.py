@@ -1,4 +1,4 @@
-"""Atari ``<Game>NoFrameskip-v4`` with the paper's wrappers, in the paper's order (spec §7, §10.19).
+"""Atari ``<Game>NoFrameskip-v4`` with the paper's wrappers, in the paper's order (docs/method.md §1).
 
 From the inside out::
 
@@ -255,7 +255,7 @@ def make_atari(
     done_on_life_loss: bool = True,
     clip_reward: bool = False,
 ) -> gymnasium.Env[Obs, int]:
-    """The reference's ``make_atari`` (spec §7); the order of the wrappers is part of the method."""
+    """The reference's ``make_atari`` (docs/method.md §1); the wrappers' order is part of the method."""
     if game_id not in gymnasium.registry or not game_id.endswith(_SUFFIX):
         valid = valid_game_ids()
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Crafter as a Gymnasium environment (spec §7).
+"""Crafter as a Gymnasium environment (docs/method.md §1).
 
 ``crafter.Env(reward=True)`` speaks the old gym API (``reset() -> obs``, 4-tuple ``step``). This
 adapter gives it the Gymnasium API with the paper's semantics:
@@ -289,7 +289,7 @@ class CrafterEnv(gymnasium.Env[np.ndarray, np.int64]):
 def make_crafter(
     size: int = 64, max_episode_steps: int = 10_000, fast: bool = True
 ) -> gymnasium.Env[np.ndarray, np.int64]:
-    """``TimeLimit(Crafter, max_episode_steps)``: the reference's env (spec §7).
+    """``TimeLimit(Crafter, max_episode_steps)``: the reference's env (docs/method.md §1).
 
     ``fast`` swaps in pixel-identical faster views and the vectorised (identical) world generation.
     """

@@ -1,6 +1,6 @@
 """Building environments from an :class:`~iris_core.config.EnvSpec`, and stepping many at once.
 
-:class:`BatchEnv` has the reference's multi-process semantics (spec §7), not gymnasium's
+:class:`BatchEnv` has the reference's multi-process semantics (docs/method.md §4), not gymnasium's
 auto-reset: the batch is reset only when *every* env is done, so all envs start their episodes
 together; an env that is done keeps returning its final transition (and is not stepped) until that
 reset; ``BatchStep.was_running`` says which envs were still running before the step, which is what
@@ -55,7 +55,7 @@ class SeedFirstReset(gymnasium.Wrapper[Obs, Any, Obs, Any]):
 
 
 def make_env(spec: EnvSpec, seed: int) -> gymnasium.Env[Obs, Any]:
-    """One environment as the paper builds it (spec §7), seeded with ``seed`` at its first reset."""
+    """One environment as the paper builds it (docs/method.md §1), seeded with ``seed`` at first reset."""
     env: gymnasium.Env[Obs, Any]
     if spec.kind == "crafter":
         env = make_crafter(size=spec.size, max_episode_steps=spec.max_episode_steps, fast=spec.fast)

@@ -23,9 +23,10 @@ def compute_lambda_returns(
 ) -> Tensor:
     """λ-returns G_t = r_t + γ(1−d_t)[(1−λ)V_{t+1} + λG_{t+1}], with V_H = G_H = ``bootstrap``.
 
-    Spec §5: the targets of both the policy (with the baseline V_t) and the value head. A done at
-    step t cuts everything after it, so neither V_{t+1} nor G_{t+1} leak across an imagined episode
-    end. Returns a new (B, H) tensor in the dtype of ``values``; inputs are left untouched.
+    The targets of both the policy (with the baseline V_t) and the value head (docs/models.md §4).
+    A done at step t cuts everything after it, so neither V_{t+1} nor G_{t+1} leak across an
+    imagined episode end. Returns a new (B, H) tensor in the dtype of ``values``; inputs are left
+    untouched.
     """
     assert rew.ndim == 2, f"rew must be (B, H), got {tuple(rew.shape)}"
     assert end.shape == rew.shape, f"end {tuple(end.shape)} != rew {tuple(rew.shape)}"
@@ -53,9 +54,9 @@ def compute_lambda_returns(
 def mask_after_first_done(end: Tensor) -> Tensor:
     """(B, H) bool mask keeping every step up to *and including* the first done of each row.
 
-    Spec §5: steps after an imagined termination belong to no episode and are left out of every
-    loss; the step that ends the episode still counts (its reward is real). A row without a done
-    is kept whole.
+    Steps after an imagined termination belong to no episode and are left out of every loss
+    (docs/models.md §4); the step that ends the episode still counts (its reward is real). A row
+    without a done is kept whole.
     """
     assert end.ndim == 2, f"end must be (B, H), got {tuple(end.shape)}"
     is_done = end.bool().long()

@@ -1,4 +1,4 @@
-"""Experience collection with the policy, and test episodes (spec §2 item 1, §7, §10.15–17).
+"""Experience collection with the policy, and test episodes (docs/method.md §4).
 
 Training collection (:class:`Collector`), with the reference's semantics:
 

@@ -1,4 +1,4 @@
-"""Optimisers of the three components (spec §6, §10.18).
+"""Optimisers of the three components (docs/method.md §6).
 
 Tokenizer and world model: AdamW whose weight decay touches only the weights of ``nn.Linear`` and
 ``nn.Conv1d`` (so the CNNs' ``Conv2d`` kernels, norms, embeddings and every bias are not decayed).
@@ -16,7 +16,8 @@ from torch import nn
 
 from iris_core.config import ComponentTrainingConfig, TrainingConfig
 
-# Modules whose ``weight`` is decayed; every other parameter is not (spec §6).
+# Modules whose ``weight`` is decayed; every other parameter is not (the reference implementation's
+# minGPT-style optimiser set-up; docs/method.md §6).
 DECAYED_WEIGHT_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d)
 
 

@@ -1,4 +1,4 @@
-"""Benchmark scores the reference does not compute (spec §7, §10.20).
+"""Benchmark scores the reference implementation does not compute (docs/method.md §7).
 
 - **Crafter score** (Hafner, "Benchmarking the Spectrum of Agent Capabilities", 2022): per
   achievement, the success rate s_i in percent = share of episodes in which it was unlocked at

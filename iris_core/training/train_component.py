@@ -1,4 +1,4 @@
-"""One optimisation loop for the tokenizer, the world model and the actor-critic (spec §2, §6).
+"""One optimisation loop for the tokenizer, the world model and the actor-critic (docs/method.md §5, §6).
 
 Every component exposes ``compute_loss(batch, **deps) -> (losses, metrics)``: named loss terms
 (summed into the objective) and named metrics, all as tensors. This loop owns everything else:
@@ -40,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def enable_tf32() -> None:
-    """TF32 matmuls and convolutions on GPUs that have them, as the reference trains (spec §6).
+    """TF32 matmuls and convolutions on GPUs that have them, as the reference trains (docs/method.md §6).
 
     A process-wide switch: the entry point calls it once, the loop never flips it on its own.
     """
@@ -49,7 +49,8 @@ def enable_tf32() -> None:
 
 
 def _autocast(device: torch.device, enabled: bool, force_on_cpu: bool) -> Any:
-    """bf16 autocast where the spec asks for it (tokenizer, world model) and the device has it.
+    """bf16 autocast where the paper's configuration uses it (tokenizer, world model; docs/method.md §6)
+    and the device has it.
 
     On CPU it is off unless forced (benchmarks that mirror the reference's mixed precision).
     """

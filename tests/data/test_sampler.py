@@ -1,4 +1,4 @@
-"""The segment sampler against exact distributions computed by enumeration (spec §8, §10.14)."""
+"""The segment sampler against exact distributions computed by enumeration (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ def episode(length: int, seed: int = 0) -> Episode:
 
 def exact_windows(
     lengths: list[int],
-    L: int,  # noqa: N803 (the spec's name)
+    L: int,  # noqa: N803 (the name in docs/method.md §3)
     beyond_end: bool,
 ) -> dict[tuple[int, int, int], Fraction]:
-    """P(episode, start, stop) with equal priorities, by enumerating every (e, t, u) of spec §8."""
+    """P(episode, start, stop) with equal priorities, by enumerating every (e, t, u) of docs/method.md §3."""
     probs: Counter[tuple[int, int, int]] = Counter()
     for e, n in enumerate(lengths):
         for t in range(n):

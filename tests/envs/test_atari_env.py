@@ -1,4 +1,4 @@
-"""Atari wrappers: order and semantics of spec §7 / §10.19, checked on fakes and on the real ALE."""
+"""Atari wrappers: order and semantics of docs/method.md §1, checked on fakes and on the real ALE."""
 
 from __future__ import annotations
 

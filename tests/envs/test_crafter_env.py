@@ -1,4 +1,4 @@
-"""Crafter adapter: API, achievements, termination vs. truncation, seeding (spec §7)."""
+"""Crafter adapter: API, achievements, termination vs. truncation, seeding (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Learning on real Crafter transitions: trained components beat trivial baselines on held-out episodes.
 
-Random-policy Crafter episodes (the epoch-1 collection of spec §2, at a small scale) are split by
-episode into a training set and a held-out set. A small tokenizer (spec §3) and then a small world
-model on its frozen Δ-tokens (spec §4) are trained with the real loop (``train_component``), the
-real optimiser (``make_optimizer``) and the real sampler (``SegmentSampler``). On the held-out
-episodes:
+Random-policy Crafter episodes (the epoch-1 collection of docs/method.md §4, at a small scale) are
+split by episode into a training set and a held-out set. A small tokenizer (docs/models.md §2) and
+then a small world model on its frozen Δ-tokens (docs/models.md §3) are trained with the real loop
+(``train_component``), the real optimiser (``make_optimizer``) and the real sampler
+(``SegmentSampler``). On the held-out episodes:
 
 - the tokenizer's reconstruction of x_{t+1} (``decode(encode(...))``, clamped, eval mode) must have
   a lower mean squared error than copying x_t;

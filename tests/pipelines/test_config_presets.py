@@ -1,4 +1,4 @@
-"""Presets load and carry the paper's numbers (spec §3–§8), section by section."""
+"""Presets load and carry the paper's numbers (docs/models.md §7, docs/method.md), section by section."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ def value_at(config: object, path: str) -> object:
     return reduce(getattr, path.split("."), config)
 
 
-# dotted path -> (Crafter, Atari), every value quoted from the spec.
+# dotted path -> (Crafter, Atari), every value as the paper's configurations set it (the reference
+# implementation's config/params/{crafter,atari}.yaml), tabulated in docs/method.md and docs/models.md §7.
 PAPER_VALUES: dict[str, tuple[object, object]] = {
-    # §6 schedule
+    # schedule and optimisation (docs/method.md §4–§6)
     "common.epochs": (1000, 600),
     "collection.train.num_envs": (16, 1),
     "collection.train.num_steps_first_epoch": (100_000, 2_000),
@@ -59,7 +60,7 @@ PAPER_VALUES: dict[str, tuple[object, object]] = {
     "training.actor_critic.weight_decay": (0.0, 0.0),
     "training.actor_critic.bf16_autocast": (False, False),
     "training.actor_critic.max_grad_norm": (10.0, 10.0),
-    # §3 tokenizer
+    # tokenizer (docs/models.md §2, §7)
     "tokenizer.num_tokens": (4, 4),
     "tokenizer.codebook_size": (1024, 1024),
     "tokenizer.codebook_dim": (64, 64),
@@ -83,7 +84,7 @@ PAPER_VALUES: dict[str, tuple[object, object]] = {
     "tokenizer.tokens_grid_res": (2, 2),
     "tokenizer.token_res": (4, 4),
     "tokenizer.encoder_in_channels": (7, 7),
-    # §4 world model
+    # world model (docs/models.md §3, §7)
     "world_model.latent_vocab_size": (1024, 1024),
     "world_model.latents_weight": (1.0, 0.1),
     "world_model.rewards_weight": (1.0, 1.0),
@@ -102,7 +103,7 @@ PAPER_VALUES: dict[str, tuple[object, object]] = {
     "world_model.transformer.embed_pdrop": (0.0, 0.0),
     "world_model.frame_cnn.num_channels": (32, 32),
     "world_model.frame_cnn.latent_dim": (8, 4),
-    # §5 actor-critic
+    # actor-critic (docs/models.md §4, §7)
     "actor_critic.burn_in_length": (5, 5),
     "actor_critic.imagination_horizon": (15, 20),
     "actor_critic.gamma": (0.997, 0.995),
@@ -115,7 +116,7 @@ PAPER_VALUES: dict[str, tuple[object, object]] = {
     "actor_critic.lstm_input_dim": (1024, 1024),
     "actor_critic.frame_encoder.num_channels": (32, 32),
     "actor_critic.frame_encoder.latent_dim": (16, 16),
-    # §7 environments
+    # environments (docs/method.md §1)
     "env.train.kind": ("crafter", "atari"),
     "env.train.max_episode_steps": (10_000, 20_000),
     "env.test.max_episode_steps": (10_000, 108_000),
@@ -136,7 +137,7 @@ def paper_config(name: str) -> IrisConfig:
 
 @pytest.mark.parametrize("preset_index", [0, 1], ids=["crafter", "atari"])
 @pytest.mark.parametrize("path", sorted(PAPER_VALUES))
-def test_paper_presets_match_the_spec(path: str, preset_index: int) -> None:
+def test_paper_presets_match_the_paper(path: str, preset_index: int) -> None:
     name = ("crafter", "atari")[preset_index]
     assert value_at(paper_config(name), path) == PAPER_VALUES[path][preset_index]
 
@@ -147,7 +148,7 @@ def test_crafter_preset_equals_the_schema_defaults() -> None:
 
 
 def test_total_optimizer_steps_follow_the_schedule() -> None:
-    # Spec §6: Crafter 504,500 / 502,000 / 500,000; Atari 119,000 / 66,000 / 105,000.
+    # docs/method.md §5: Crafter 504,500 / 502,000 / 500,000; Atari 119,000 / 66,000 / 105,000.
     expected = {"crafter": (504_500, 502_000, 500_000), "atari": (119_000, 66_000, 105_000)}
     for name, totals in expected.items():
         config = load_config(env=name, params=name)

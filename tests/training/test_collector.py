@@ -1,4 +1,4 @@
-"""Collector semantics of spec §7 / §10.15–17 on a deterministic fake environment."""
+"""Collector semantics of docs/method.md §4 on a deterministic fake environment."""
 
 from __future__ import annotations
 

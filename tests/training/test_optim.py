@@ -1,4 +1,4 @@
-"""Weight-decay grouping and optimiser choice (spec §6, §10.18)."""
+"""Weight-decay grouping and optimiser choice (docs/method.md §6)."""
 
 from __future__ import annotations
 
