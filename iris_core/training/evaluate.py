@@ -1,4 +1,4 @@
-"""Evaluation (paper §2.3, Appendix A): test episodes with the policy, their scores, the held-out
+"""Evaluation (docs/method.md §4, §5): test episodes with the policy, their scores, the held-out
 tokenizer and world-model losses over the test episodes, and reconstructions to look at."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's epoch loop unrolled into iterations (paper §2.3 and Appendix A's training loop).
+"""The paper's epoch loop unrolled into iterations (docs/method.md §5).
 
 The paper alternates, every *epoch*: collect, train the tokenizer, the world model, the
 actor-critic, and evaluate every ``evaluation.every`` epochs. A pipeline of versioned stages

@@ -1,5 +1,5 @@
 """The ``init`` and ``collect@i`` stages: a seeded untrained agent, then experience collection
-with the previous iteration's policy into the iteration's own immutable store (paper §2.3)."""
+with the previous iteration's policy into the iteration's own immutable store (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The ``evaluate@i`` stage: test episodes with the iteration's agent, the Crafter score, held-out
 losses, reconstructions (``evaluation.save_reconstructions``), videos of the first
-``collection.test.num_episodes_to_save`` test episodes (paper §2.3) and a dream of the world model beside
-the test episodes (``media/<i>/dream.png`` and ``dream.mp4``, see ``pipelines/viewer/dream.py``)."""
+``collection.test.num_episodes_to_save`` test episodes (docs/method.md §4) and a dream of the world
+model beside the test episodes (``media/<i>/dream.png`` and ``dream.mp4``, see
+``pipelines/viewer/dream.py``)."""
 
 from __future__ import annotations
 

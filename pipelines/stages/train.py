@@ -1,5 +1,5 @@
 """The ``tokenizer@i``, ``world_model@i`` and ``actor_critic@i`` stages: the optimizer steps of
-the iteration's epochs for one component (paper §2.3; Appendix A's schedule), over every episode
+the iteration's epochs for one component (docs/method.md §5), over every episode
 collected so far.
 
 The steps run in chunks of ``loop.log_every_steps``: after each chunk the running means are
@@ -160,7 +160,7 @@ def run_train(
     bar.update(done)
     for index in range(position["epoch_index"], len(plan)):
         epoch, num_steps = plan[index]
-        sampler.update_counts = epoch > 1  # counts stay untouched in epoch 1 (paper §2.3)
+        sampler.update_counts = epoch > 1  # counts stay untouched in epoch 1 (docs/method.md §3)
         # The epoch's remaining batches are sampled and collated in a background thread while the
         # steps run (the same batches in the same order); never one more, so that the sampler
         # ends the epoch exactly where direct sampling would.

@@ -1,4 +1,4 @@
-"""One immutable Zarr store of the episodes collected in one iteration (architecture §7, R6).
+"""One immutable Zarr store of the episodes collected in one iteration.
 
 Layout of ``<iteration>.zarr`` (a Zarr v3 group)::
 

@@ -1,8 +1,9 @@
 """The epochs-to-iterations schedule against counts worked out by hand from the paper's settings.
 
-The oracle below never calls ``Schedule``: it restates Appendix A's loop (a first epoch with its own
-count, ``start_after_epochs``, ``stop_after_epochs``, evaluation every ``evaluation.every`` epochs)
-epoch by epoch, so a wrong boundary in the schedule shows up as a different number.
+The oracle below never calls ``Schedule``: it restates the epoch loop of docs/method.md §5 (a first
+epoch with its own count, ``start_after_epochs``, ``stop_after_epochs``, evaluation every
+``evaluation.every`` epochs) epoch by epoch, so a wrong boundary in the schedule shows up as a
+different number.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def test_collection_stops_after_stop_after_epochs(crafter: IrisConfig, atari: Ir
 
 
 def test_evaluated_iterations_follow_evaluation_every(crafter: IrisConfig) -> None:
-    # K = 1: the paper's cadence; a last epoch off the cadence is not evaluated (paper §2.3).
+    # K = 1: the paper's cadence; a last epoch off the cadence is not evaluated (docs/method.md §5).
     assert Schedule(crafter, 1).evaluated_iterations() == list(range(50, 1001, 50))
     assert Schedule(with_epochs(crafter, 120), 1).evaluated_iterations() == [50, 100]
     # K = 30: an iteration is evaluated when one of its epochs is on the cadence.
