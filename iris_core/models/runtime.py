@@ -14,10 +14,10 @@ optimizer flags. What it does is chosen by ``RuntimeConfig`` (``None`` = the dev
   3×3 convolution in fp32 as one 2×2 convolution of the small map (16 instead of 36
   multiply-adds per input pixel); and the CNNs run on batch chunks (:func:`chunk_batches`), the
   world model's and the actor-critic's re-run chunk by chunk in the backward pass.
-- ``checkpoint_cnns``: every residual block and upsample keeps only its convolution outputs for
-  the backward pass, which re-runs the cheap GroupNorm, SiLU and interpolation instead
-  (``torch.utils.checkpoint`` with a selective policy): most of the activation memory for a
-  few element-wise passes.
+- ``checkpoint_cnns``: activation checkpointing (``torch.utils.checkpoint``) of every
+  GroupNorm → SiLU → convolution unit and upsample: the backward pass re-runs the cheap GroupNorm,
+  SiLU and interpolation, never a convolution, and a residual block keeps two maps instead of
+  six: most of the activation memory for a few element-wise passes.
 - ``compile``: ``torch.compile`` of each component's ``compute_loss``; on CUDA the imagination
   rollout is compiled with ``mode="reduce-overhead"`` (CUDA graphs).
 - ``tf32``, ``fused_adam`` (CUDA): TF32 matmuls/convolutions as the reference code trains, and
@@ -29,14 +29,13 @@ state dicts, optimizers and checkpoints see the same agent.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import checkpoint
 
 from iris_core.config import RuntimeConfig
 from iris_core.models.agent import Agent
@@ -230,14 +229,12 @@ def swap_sub_pixel_upsampling(cnn: nn.Module) -> None:
 
 # --- activation checkpointing -------------------------------------------------------------------
 
-# Inside a checkpointed block the backward pass keeps the convolutions' outputs and re-runs the
-# rest (GroupNorm, SiLU, interpolation, layout copies): memory-bound passes, a fraction of the
-# convolutions' cost.
-_SAVED_OPS = {torch.ops.aten.convolution.default}
-
-
-def _save_convolutions(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+# A checkpointed unit (GroupNorm → SiLU → convolution, or an upsample) keeps only its input for the
+# backward pass, where it is re-run up to its convolution and no further: torch's non-reentrant
+# checkpoint stops re-running once every tensor the backward needs is back (its early stop), and
+# a convolution's inputs are saved before it computes. So the backward re-runs a few element-wise
+# passes, never a convolution, and a residual block keeps two maps (its input and its first
+# convolution's output) where plain autograd keeps six.
 
 
 def _without_cast_cache(function: Any) -> Any:
@@ -245,8 +242,8 @@ def _without_cast_cache(function: Any) -> Any:
 
     A module run more than once in a forward pass (batch chunks) takes its cast weights from that
     cache after the first run, while its recomputation in the backward pass casts them again: the
-    selective checkpoint then meets casts it never recorded and fails. Without the cache both
-    passes cast alike.
+    checkpoint then meets casts it never recorded and fails. Without the cache both passes cast
+    alike.
     """
 
     def run(x: Tensor) -> Any:
@@ -260,34 +257,38 @@ def _without_cast_cache(function: Any) -> Any:
     return run
 
 
-class _Checkpointed(nn.Module):
-    """Mixin: the block's forward under selective activation checkpointing when autograd records."""
+def _checkpoint(function: Any, x: Tensor) -> Tensor:
+    out = checkpoint(_without_cast_cache(function), x, use_reentrant=False, preserve_rng_state=False)
+    assert isinstance(out, Tensor)
+    return out
+
+
+class CheckpointedResidualBlock(ResidualBlock):
+    """``skip(x) + f(x)`` with ``f`` run as two checkpointed units (GN → SiLU → conv, twice)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        out: Tensor = self.skip_projection(x) + _checkpoint(self.f[3:], _checkpoint(self.f[:3], x))
+        return out
+
+
+class _CheckpointedUpsample(nn.Module):
+    """Mixin: the upsample as one checkpointed unit when autograd records."""
 
     def forward(self, x: Tensor) -> Tensor:
         plain = super().forward
         if not torch.is_grad_enabled():
             out: Tensor = plain(x)
             return out
-        result = checkpoint(
-            _without_cast_cache(plain),
-            x,
-            use_reentrant=False,
-            preserve_rng_state=False,  # nothing random in a CNN block
-            context_fn=functools.partial(create_selective_checkpoint_contexts, _save_convolutions),
-        )
-        assert isinstance(result, Tensor)
-        return result
+        return _checkpoint(plain, x)
 
 
-class CheckpointedResidualBlock(_Checkpointed, ResidualBlock):
+class CheckpointedUpsample(_CheckpointedUpsample, Upsample):
     pass
 
 
-class CheckpointedUpsample(_Checkpointed, Upsample):
-    pass
-
-
-class CheckpointedSubPixelUpsample(_Checkpointed, SubPixelUpsample):
+class CheckpointedSubPixelUpsample(_CheckpointedUpsample, SubPixelUpsample):
     pass
 
 
@@ -331,12 +332,6 @@ class _Chunked(nn.Module):
         if self.recompute and torch.is_grad_enabled():
             return torch.cat([_checkpoint(plain, chunk) for chunk in chunks])
         return torch.cat([plain(chunk) for chunk in chunks])
-
-
-def _checkpoint(function: Any, x: Tensor) -> Tensor:
-    out = checkpoint(_without_cast_cache(function), x, use_reentrant=False, preserve_rng_state=False)
-    assert isinstance(out, Tensor)
-    return out
 
 
 class ChunkedFrameEncoder(_Chunked, FrameEncoder):
