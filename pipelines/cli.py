@@ -18,7 +18,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import typer.core
@@ -51,11 +51,17 @@ class GuardedCommand(typer.core.TyperCommand):
             typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as error:
-            message = one_line(error)
-            if message is None or DEBUG:
-                raise
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
+            _exit_with_one_line(error)
+
+
+def _exit_with_one_line(error: Exception, prefix: str = "") -> NoReturn:
+    """Exit with ``error: <prefix><one line>`` for errors a user can act on; re-raise the others
+    (bugs keep their traceback), and every error under ``iris --debug``."""
+    message = one_line(error)
+    if message is None or DEBUG:
+        raise error
+    typer.echo(f"error: {prefix}{message}", err=True)
+    raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 class GuardedTyper(typer.Typer):
@@ -248,11 +254,7 @@ def _run_in_process(workspace: Path, params_yaml: str) -> None:
                     )
                     raise typer.Exit(EXIT_INTERRUPTED) from None
                 except Exception as error:
-                    message = one_line(error)
-                    if message is None or DEBUG:
-                        raise
-                    typer.echo(f"error: {spec.name}: {message}", err=True)
-                    raise typer.Exit(EXIT_USER_ERROR) from None
+                    _exit_with_one_line(error, prefix=f"{spec.name}: ")
 
 
 def _use_tracking_store(workspace: Path) -> None:
