@@ -12,12 +12,13 @@ optimizer flags. What it does is chosen by ``RuntimeConfig`` (``None`` = the dev
   norms run in the contiguous layout, whose kernel is accurate.
 - ``cpu_kernels`` (CPU only): :class:`SubPixelUpsample` computes nearest ×2 upsampling then a
   3×3 convolution in fp32 as one 2×2 convolution of the small map (16 instead of 36
-  multiply-adds per input pixel); and the CNNs run on batch chunks (:func:`chunk_batches`), the
-  world model's and the actor-critic's re-run chunk by chunk in the backward pass.
+  multiply-adds per input pixel); and the CNNs run on batch chunks (:func:`chunk_batches`), all
+  but the tokenizer's encoder and decoder re-run chunk by chunk in the backward pass.
 - ``checkpoint_cnns``: activation checkpointing (``torch.utils.checkpoint``) of every
-  GroupNorm → SiLU → convolution unit and upsample: the backward pass re-runs the cheap GroupNorm,
-  SiLU and interpolation, never a convolution, and a residual block keeps two maps instead of
-  six: most of the activation memory for a few element-wise passes.
+  GroupNorm → SiLU → convolution unit (those of the residual blocks and each CNN's head) and
+  upsample: the backward pass re-runs the cheap GroupNorm, SiLU and interpolation, never a
+  convolution, and a residual block keeps two maps instead of six: most of the activation memory
+  for a few element-wise passes.
 - ``compile``: ``torch.compile`` of each component's ``compute_loss``; on CUDA the imagination
   rollout is compiled with ``mode="reduce-overhead"`` (CUDA graphs).
 - ``tf32``, ``fused_adam`` (CUDA): TF32 matmuls/convolutions as the reference code trains, and
@@ -97,13 +98,13 @@ def apply_runtime(agent: Agent, config: RuntimeConfig, device: str | torch.devic
         torch.backends.cudnn.allow_tf32 = True
     if settings.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the shapes of a run are fixed: pick the fastest kernels
-    for component in (agent.tokenizer, agent.world_model, agent.actor_critic):
-        # The tokenizer trains its CNNs on every frame of the batch: they keep their convolution
-        # outputs. The world model's I-token CNN and the policy CNN are cheap next to the rest of
-        # their step: on CPU they are re-run chunk by chunk in the backward pass instead.
-        recompute = component is not agent.tokenizer
-        for cnn in [m for m in component.modules() if isinstance(m, FrameEncoder | FrameDecoder)]:
-            optimise_cnn(cnn, settings, recompute_chunks=recompute)
+    # The tokenizer's encoder and decoder keep their convolution outputs for the backward pass.
+    # Every other CNN (the tokenizer's context CNN, the world model's I-token CNN, the policy CNN)
+    # is re-run chunk by chunk in the backward pass on CPU: the context CNN's activations are a
+    # third of the tokenizer's, for a sixth of its convolutions.
+    keeping = (agent.tokenizer.encoder, agent.tokenizer.decoder)
+    for cnn in [m for m in agent.modules() if isinstance(m, FrameEncoder | FrameDecoder)]:
+        optimise_cnn(cnn, settings, recompute_chunks=not any(cnn is kept for kept in keeping))
     if settings.compile:
         compile_agent(agent, settings.device)
     return agent
@@ -135,9 +136,7 @@ def chunk_batches(cnn: nn.Module, frames_per_chunk: int = 32, recompute: bool = 
     frozen networks, imagination), a bounded memory. With ``recompute``, under autograd each
     chunk keeps only its input and is re-run in the backward pass (``torch.utils.checkpoint``).
     """
-    swapped: nn.Module = cnn
-    swapped.__class__ = _CHUNKED[type(cnn)]
-    assert isinstance(swapped, _Chunked), type(cnn)
+    swapped = _optimised(cnn)
     swapped.frames_per_chunk = frames_per_chunk
     swapped.recompute = recompute
 
@@ -306,46 +305,70 @@ _SUB_PIXEL: dict[type[nn.Module], type[nn.Module]] = {
 
 
 def checkpoint_cnn(cnn: nn.Module) -> None:
-    """Selective activation checkpointing of every residual block and upsample inside ``cnn``."""
-    for module in cnn.modules():
+    """Activation checkpointing of every residual block, upsample and head (GN → SiLU → conv at
+    the end of a ``FrameEncoder`` or ``FrameDecoder``) inside ``cnn``."""
+    for module in list(cnn.modules()):
         swapped = _CHECKPOINTED.get(type(module))
         if swapped is not None:
             module.__class__ = swapped
+        elif isinstance(module, FrameEncoder | FrameDecoder):
+            _optimised(module).checkpoint_head = True
 
 
-# --- batch chunks -------------------------------------------------------------------
+# --- batch chunks and the CNN's head -------------------------------------------------------------
 
 
-class _Chunked(nn.Module):
-    """Mixin: the CNN's forward over batch chunks (see :func:`chunk_batches`)."""
+class _OptimisedCnn(nn.Module):
+    """Mixin for a ``FrameEncoder`` or ``FrameDecoder``: its forward over batch chunks (see
+    :func:`chunk_batches`) and, with ``checkpoint_head``, its final GN → SiLU → conv as one
+    checkpointed unit (see :func:`checkpoint_cnn`)."""
 
-    frames_per_chunk: int
-    recompute: bool
+    layers: nn.Sequential
+    frames_per_chunk: int | None = None
+    recompute: bool = False
+    checkpoint_head: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
-        plain = super().forward
         n = self.frames_per_chunk
-        if x.size(0) <= n:
-            out: Tensor = plain(x)
-            return out
+        if n is None or x.size(0) <= n:
+            return self._forward_chunk(x)
         chunks = [x[i : i + n] for i in range(0, x.size(0), n)]
         if self.recompute and torch.is_grad_enabled():
-            return torch.cat([_checkpoint(plain, chunk) for chunk in chunks])
-        return torch.cat([plain(chunk) for chunk in chunks])
+            return torch.cat([_checkpoint(self._forward_chunk, chunk) for chunk in chunks])
+        return torch.cat([self._forward_chunk(chunk) for chunk in chunks])
+
+    def _forward_chunk(self, x: Tensor) -> Tensor:
+        if self.checkpoint_head and torch.is_grad_enabled():
+            return _checkpoint(self.layers[-3:], self.layers[:-3](x))
+        out: Tensor = super().forward(x)
+        return out
 
 
-class ChunkedFrameEncoder(_Chunked, FrameEncoder):
+class OptimisedFrameEncoder(_OptimisedCnn, FrameEncoder):
     pass
 
 
-class ChunkedFrameDecoder(_Chunked, FrameDecoder):
+class OptimisedFrameDecoder(_OptimisedCnn, FrameDecoder):
     pass
 
 
-_CHUNKED: dict[type[nn.Module], type[nn.Module]] = {
-    FrameEncoder: ChunkedFrameEncoder,
-    FrameDecoder: ChunkedFrameDecoder,
+_OPTIMISED: dict[type[nn.Module], type[nn.Module]] = {
+    FrameEncoder: OptimisedFrameEncoder,
+    FrameDecoder: OptimisedFrameDecoder,
 }
+
+
+def _optimised(cnn: nn.Module) -> _OptimisedCnn:
+    """``cnn`` (a ``FrameEncoder`` or ``FrameDecoder``) as its :class:`_OptimisedCnn` subclass."""
+    if not isinstance(cnn, _OptimisedCnn):
+        assert isinstance(cnn, FrameEncoder | FrameDecoder), type(cnn)
+        norm, act, conv = list(cnn.layers)[-3:]  # the head that checkpoint_head wraps
+        assert isinstance(norm, nn.GroupNorm) and isinstance(act, nn.SiLU) and isinstance(conv, nn.Conv2d)
+        swapped: nn.Module = cnn
+        swapped.__class__ = _OPTIMISED[type(cnn)]
+        cnn = swapped
+    assert isinstance(cnn, _OptimisedCnn), type(cnn)
+    return cnn
 
 
 # --- compilation --------------------------------------------------------------------------------

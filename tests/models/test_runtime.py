@@ -254,6 +254,46 @@ def test_checkpointed_upsample_reruns_only_the_interpolation() -> None:
         assert counter.count == 0, type(upsample).__name__
 
 
+@pytest.mark.parametrize("decoder", [False, True])
+def test_checkpointed_head_keeps_only_its_input_and_gives_the_plain_values(decoder: bool) -> None:
+    """The final GN → SiLU → conv of a CNN: float64, values and gradients as the plain module."""
+    torch.manual_seed(0)
+    config = FrameCnnConfig(num_channels=8, mult=(1, 2), down=(1, 1), latent_dim=4, norm_groups=4)
+    plain = (FrameDecoder(config, 3) if decoder else FrameEncoder(config, 3)).double()
+    x = torch.randn(3, 4, 4, 4) if decoder else torch.rand(3, 3, 16, 16)
+    x = x.double().requires_grad_()
+    blocks_only = copy.deepcopy(plain)
+    for module in blocks_only.modules():  # the blocks and upsamples only, as before the head
+        if type(module) in (ResidualBlock, Upsample):
+            runtime.checkpoint_cnn(module)
+    checkpointed = copy.deepcopy(plain)
+    runtime.checkpoint_cnn(checkpointed)
+    head_input = plain.layers[:-3](x)
+    # Plain autograd keeps the head's input, the GN output and the SiLU output (and the weights);
+    # the checkpointed unit keeps its input only.
+    assert saved_bytes(blocks_only, x) - saved_bytes(checkpointed, x) >= 2 * head_input.numel() * 8
+    checkpointed.zero_grad(set_to_none=True)
+
+    def output_and_grads(module: nn.Module) -> list[Tensor]:
+        out = module(x)
+        (out * torch.randn_like(out, generator=torch.Generator().manual_seed(1))).sum().backward()
+        return [out, *(p.grad for p in module.parameters())]  # type: ignore[list-item]
+
+    for a, e in zip(output_and_grads(checkpointed), output_and_grads(plain), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_default_reruns_every_cnn_but_the_tokenizers_encoder_and_decoder() -> None:
+    agent = runtime.apply_runtime(Agent(small_config()), RuntimeConfig(), "cpu")
+    tokenizer = agent.tokenizer
+    for cnn in (tokenizer.encoder, tokenizer.decoder):
+        assert isinstance(cnn, runtime._OptimisedCnn) and not cnn.recompute and cnn.checkpoint_head
+    rerun = [tokenizer.frame_cnn, agent.world_model.frame_cnn, agent.actor_critic.model.frame_encoder]
+    for cnn in rerun:
+        assert isinstance(cnn, runtime._OptimisedCnn) and cnn.recompute and not cnn.checkpoint_head
+        assert not any(type(m).__name__.startswith("Checkpointed") for m in cnn.modules())
+
+
 def test_without_autograd_the_checkpointed_blocks_run_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
     block = ResidualBlock(8, 8, 4)
     x = torch.randn(1, 8, 4, 4)
