@@ -209,6 +209,18 @@ def saved_bytes(module: nn.Module, x: Tensor) -> int:
     return total
 
 
+def assert_same_outputs_and_gradients(module: nn.Module, plain: nn.Module, x: Tensor) -> None:
+    """float64 modules on the same input: outputs and parameter gradients equal up to summation order."""
+
+    def output_and_grads(m: nn.Module) -> list[Tensor]:
+        out = m(x)
+        (out * torch.randn_like(out, generator=torch.Generator().manual_seed(1))).sum().backward()
+        return [out, *(p.grad for p in m.parameters())]  # type: ignore[list-item]
+
+    for a, e in zip(output_and_grads(module), output_and_grads(plain), strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
 class _CountConvolutions(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -273,14 +285,7 @@ def test_checkpointed_head_keeps_only_its_input_and_gives_the_plain_values(decod
     # the checkpointed unit keeps its input only.
     assert saved_bytes(blocks_only, x) - saved_bytes(checkpointed, x) >= 2 * head_input.numel() * 8
     checkpointed.zero_grad(set_to_none=True)
-
-    def output_and_grads(module: nn.Module) -> list[Tensor]:
-        out = module(x)
-        (out * torch.randn_like(out, generator=torch.Generator().manual_seed(1))).sum().backward()
-        return [out, *(p.grad for p in module.parameters())]  # type: ignore[list-item]
-
-    for a, e in zip(output_and_grads(checkpointed), output_and_grads(plain), strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    assert_same_outputs_and_gradients(checkpointed, plain, x)
 
 
 def test_cpu_default_reruns_every_cnn_but_the_tokenizers_encoder_and_decoder() -> None:
@@ -324,14 +329,7 @@ def test_batch_chunks_give_the_plain_values_and_gradients(decoder: bool, recompu
         if decoder
         else torch.rand(7, 3, 16, 16, dtype=torch.float64)
     )
-
-    def output_and_grads(module: nn.Module) -> list[Tensor]:
-        out = module(x)
-        (out * torch.randn_like(out, generator=torch.Generator().manual_seed(1))).sum().backward()
-        return [out, *(p.grad for p in module.parameters())]  # type: ignore[list-item]
-
-    for a, e in zip(output_and_grads(chunked), output_and_grads(plain), strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    assert_same_outputs_and_gradients(chunked, plain, x)
     with torch.no_grad():
         assert torch.equal(chunked(x), plain(x))
     if recompute:
