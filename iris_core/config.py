@@ -594,7 +594,7 @@ class RuntimeConfig:
     """
 
     channels_last: bool | None = None  # CNN weights and maps in NHWC (on CPU with an accurate GroupNorm)
-    checkpoint_cnns: bool | None = None  # CNNs keep only their conv outputs, re-run GN/SiLU backward
+    checkpoint_cnns: bool | None = None  # CNNs re-run GN/SiLU (or whole chunks) backward: less memory
     cpu_kernels: bool | None = None  # CPU only: sub-pixel fp32 upsampling, CNNs on batch chunks
     compile: bool | None = None  # torch.compile each compute_loss; imagination with CUDA graphs on CUDA
     tf32: bool | None = None  # CUDA: TF32 matmuls and convolutions, as the reference trains

@@ -12,13 +12,14 @@ optimizer flags. What it does is chosen by ``RuntimeConfig`` (``None`` = the dev
   norms run in the contiguous layout, whose kernel is accurate.
 - ``cpu_kernels`` (CPU only): :class:`SubPixelUpsample` computes nearest ×2 upsampling then a
   3×3 convolution in fp32 as one 2×2 convolution of the small map (16 instead of 36
-  multiply-adds per input pixel); and the CNNs run on batch chunks (:func:`chunk_batches`), all
-  but the tokenizer's encoder and decoder re-run chunk by chunk in the backward pass.
-- ``checkpoint_cnns``: activation checkpointing (``torch.utils.checkpoint``) of every
-  GroupNorm → SiLU → convolution unit (those of the residual blocks and each CNN's head) and
-  upsample: the backward pass re-runs the cheap GroupNorm, SiLU and interpolation, never a
-  convolution, and a residual block keeps two maps instead of six: most of the activation memory
-  for a few element-wise passes.
+  multiply-adds per input pixel); and the CNNs run on batch chunks (:func:`chunk_batches`).
+- ``checkpoint_cnns``: activation checkpointing (``torch.utils.checkpoint``), compute traded for
+  memory. Every GroupNorm → SiLU → convolution unit (those of the residual blocks and each CNN's
+  head) and upsample keeps only its input: the backward pass re-runs the cheap GroupNorm, SiLU
+  and interpolation, never a convolution, and a residual block keeps two maps instead of six.
+  With ``cpu_kernels``, every CNN but the tokenizer's encoder and decoder is checkpointed by
+  batch chunk instead, each chunk re-run whole in the backward pass. Worth it at the paper's
+  batches; at small ones (the quickstart presets turn it off) it only costs time.
 - ``compile``: ``torch.compile`` of each component's ``compute_loss``; on CUDA the imagination
   rollout is compiled with ``mode="reduce-overhead"`` (CUDA graphs).
 - ``tf32``, ``fused_adam`` (CUDA): TF32 matmuls/convolutions as the reference code trains, and
@@ -98,10 +99,10 @@ def apply_runtime(agent: Agent, config: RuntimeConfig, device: str | torch.devic
         torch.backends.cudnn.allow_tf32 = True
     if settings.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the shapes of a run are fixed: pick the fastest kernels
-    # The tokenizer's encoder and decoder keep their convolution outputs for the backward pass.
-    # Every other CNN (the tokenizer's context CNN, the world model's I-token CNN, the policy CNN)
-    # is re-run chunk by chunk in the backward pass on CPU: the context CNN's activations are a
-    # third of the tokenizer's, for a sixth of its convolutions.
+    # With checkpointing on CPU, the tokenizer's encoder and decoder keep their convolution outputs
+    # for the backward pass; every other CNN (the tokenizer's context CNN, the world model's I-token
+    # CNN, the policy CNN) is re-run chunk by chunk: the context CNN's activations are a third of
+    # the tokenizer's, for a sixth of its convolutions.
     keeping = (agent.tokenizer.encoder, agent.tokenizer.decoder)
     for cnn in [m for m in agent.modules() if isinstance(m, FrameEncoder | FrameDecoder)]:
         optimise_cnn(cnn, settings, recompute_chunks=not any(cnn is kept for kept in keeping))
@@ -113,19 +114,20 @@ def apply_runtime(agent: Agent, config: RuntimeConfig, device: str | torch.devic
 def optimise_cnn(cnn: nn.Module, settings: RuntimeSettings, recompute_chunks: bool = False) -> None:
     """The CNN part of :func:`apply_runtime`, for one ``FrameEncoder`` or ``FrameDecoder``.
 
-    ``recompute_chunks``: with ``cpu_kernels``, batch chunks are re-run in the backward pass
-    (then no block needs checkpointing of its own).
+    ``recompute_chunks``: with ``checkpoint_cnns`` and ``cpu_kernels``, the CNN is checkpointed
+    by batch chunk (each chunk re-run whole in the backward pass) instead of by unit.
     """
+    rerun_chunks = settings.checkpoint_cnns and settings.cpu_kernels and recompute_chunks
     if settings.cpu_kernels:
         swap_sub_pixel_upsampling(cnn)
-    if settings.checkpoint_cnns and not (settings.cpu_kernels and recompute_chunks):
+    if settings.checkpoint_cnns and not rerun_chunks:
         checkpoint_cnn(cnn)
     if settings.channels_last:
         if settings.device.type == "cpu":
             swap_group_norms(cnn)  # torch's channels-last CPU GroupNorm is not accurate
         cnn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if settings.cpu_kernels:
-        chunk_batches(cnn, recompute=recompute_chunks)
+        chunk_batches(cnn, recompute=rerun_chunks)
 
 
 def chunk_batches(cnn: nn.Module, frames_per_chunk: int = 32, recompute: bool = False) -> None:

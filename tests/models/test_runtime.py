@@ -299,6 +299,18 @@ def test_cpu_default_reruns_every_cnn_but_the_tokenizers_encoder_and_decoder() -
         assert not any(type(m).__name__.startswith("Checkpointed") for m in cnn.modules())
 
 
+def test_without_checkpointing_no_cnn_is_re_run() -> None:
+    """``checkpoint_cnns=false`` (small batches): the CPU kernels and chunks stay, nothing re-runs."""
+    agent = runtime.apply_runtime(Agent(small_config()), RuntimeConfig(checkpoint_cnns=False), "cpu")
+    cnns = [m for m in agent.modules() if isinstance(m, FrameEncoder | FrameDecoder)]
+    assert len(cnns) == 6  # tokenizer ×3, world model, policy and its target
+    for cnn in cnns:
+        assert isinstance(cnn, runtime._OptimisedCnn) and cnn.frames_per_chunk is not None
+        assert not cnn.recompute and not cnn.checkpoint_head
+        assert not any(type(m).__name__.startswith("Checkpointed") for m in cnn.modules())
+    assert any(isinstance(m, runtime.SubPixelUpsample) for m in agent.tokenizer.decoder.modules())
+
+
 def test_without_autograd_the_checkpointed_blocks_run_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
     block = ResidualBlock(8, 8, 4)
     x = torch.randn(1, 8, 4, 4)
