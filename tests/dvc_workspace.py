@@ -77,27 +77,36 @@ def campaign_stages(iterations: Sequence[int], evaluations: Sequence[int]) -> se
 # ---------------------------------------------------------------------------------------------
 
 
-def subprocess_env(site_cache: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of every `dvc` / `iris` child: offline DVC, `iris` on PATH, the
-    workspace's own MLflow store, no fault injection unless ``extra`` asks for it."""
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of an `iris` / `dvc` child: `iris` on PATH, no outside MLflow store or
+    config folder, no telemetry, no fault injection unless ``extra`` asks for it."""
     env = dict(os.environ)
-    for name in ("MLFLOW_TRACKING_URI", "IRIS_TEST_KILL_AT", "IRIS_CONFIG_DIR"):
+    for name in ("MLFLOW_TRACKING_URI", "IRIS_TEST_KILL_AT", "IRIS_TEST_NO_SPACE", "IRIS_CONFIG_DIR"):
         env.pop(name, None)
     env.update(
         {
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-            "DVC_NO_ANALYTICS": "1",
-            "DVC_SITE_CACHE_DIR": str(site_cache),
-            "MLFLOW_DISABLE_TELEMETRY": "true",
             "PYTHONUNBUFFERED": "1",
-            "GIT_AUTHOR_NAME": "Test",
-            "GIT_AUTHOR_EMAIL": "test@example.invalid",
-            "GIT_COMMITTER_NAME": "Test",
-            "GIT_COMMITTER_EMAIL": "test@example.invalid",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DVC_NO_ANALYTICS": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
     )
     env.update(extra or {})
     return env
+
+
+def subprocess_env(site_cache: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:func:`child_env` for the workspace runner: offline DVC with its site cache and a git
+    identity for the workspace's commits."""
+    settings = {
+        "DVC_SITE_CACHE_DIR": str(site_cache),
+        "GIT_AUTHOR_NAME": "Test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "Test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
+    return child_env({**settings, **(extra or {})})
 
 
 @dataclass

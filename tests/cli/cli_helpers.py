@@ -12,25 +12,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from dvc_workspace import child_env as iris_env
+
 IRIS = str(Path(sys.executable).parent / "iris")
 EXIT_USER_ERROR = 2
-
-
-def iris_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("MLFLOW_TRACKING_URI", "IRIS_TEST_KILL_AT", "IRIS_TEST_NO_SPACE", "IRIS_CONFIG_DIR"):
-        env.pop(name, None)
-    env.update(
-        {
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONUNBUFFERED": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DVC_NO_ANALYTICS": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-    )
-    env.update(extra or {})
-    return env
 
 
 def run_iris(
