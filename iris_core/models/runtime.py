@@ -6,10 +6,10 @@ what it computes (up to floating-point rounding); :func:`optimizer_options` give
 optimizer flags. What it does is chosen by ``RuntimeConfig`` (``None`` = the device default):
 
 - ``channels_last``: CNN weights in NHWC, the layout cuDNN's and oneDNN's convolutions run
-  natively. On CPU it comes with :class:`ContiguousGroupNorm`: torch's channels-last CPU
+  natively. On CPU it comes with :class:`AccurateGroupNorm`: torch's channels-last CPU
   GroupNorm computes the variance as E[x²] − E[x]² in the map's dtype, which loses precision when
   a group's mean is large against its spread (zero padding frames, flat backgrounds), so the
-  norms run in the contiguous layout, whose kernel is accurate.
+  norms take their statistics in two passes, or run in the contiguous layout under autograd.
 - ``cpu_kernels`` (CPU only): :class:`SubPixelUpsample` computes nearest ×2 upsampling then a
   3×3 convolution in fp32 as one 2×2 convolution of the small map (16 instead of 36
   multiply-adds per input pixel); and the CNNs run on batch chunks (:func:`chunk_batches`).
@@ -152,20 +152,38 @@ def optimizer_options(config: RuntimeConfig, device: str | torch.device) -> dict
 # --- CPU kernels ------------------------------------------------------------------------------
 
 
-class ContiguousGroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` computed in the contiguous layout whatever the input's layout.
+class AccurateGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` on channels-last CPU maps, as accurate as torch's contiguous kernel.
 
     torch's CPU kernel for channels-last maps computes each group's variance as E[x²] − E[x]² in
     the map's dtype: when the mean is large against the spread (a flat background, a zero
-    padding frame after a bias) most significant digits cancel. The contiguous kernel keeps the
-    precision; the output returns to the input's layout. Same values as on a contiguous map.
+    padding frame after a bias) most significant digits cancel. Here, without autograd (the
+    frozen networks, imagination), the statistics are taken in the map's own layout in two
+    passes: the group means, then the mean and mean square of the centred map (its mean removes
+    the first pass's rounding). With autograd the map goes through the contiguous kernel and
+    back, so the backward pass is torch's own. Contiguous maps take torch's kernel directly.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.is_contiguous():
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
-        return out.contiguous(memory_format=torch.channels_last)
+        if torch.is_grad_enabled() or not self.affine or x.dtype not in (torch.float32, torch.float64):
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.contiguous(memory_format=torch.channels_last)
+        n, c = x.shape[:2]
+        groups = self.num_groups
+
+        def group_mean(per_channel: Tensor) -> Tensor:
+            """``(N, C)`` → the mean over each channel's group, ``(N, C, 1, 1)``."""
+            means = per_channel.view(n, groups, c // groups).mean(dim=-1, keepdim=True)
+            return means.expand(n, groups, c // groups).reshape(n, c, 1, 1)
+
+        centred = x - group_mean(x.mean(dim=(2, 3)))  # channels-last, like x
+        residual = group_mean(centred.mean(dim=(2, 3)))
+        var = group_mean(centred.square().mean(dim=(2, 3))) - residual.square()
+        scale = (var + self.eps).rsqrt() * self.weight.to(x.dtype)[:, None, None]
+        shift = self.bias.to(x.dtype)[:, None, None] - residual * scale
+        return torch.addcmul(shift, centred, scale, out=centred)
 
 
 # Sub-pixel form of a 3×3 convolution after nearest ×2 upsampling. Output pixel (2i + a, 2j + b)
@@ -214,10 +232,10 @@ class SubPixelUpsample(Upsample):
 
 
 def swap_group_norms(cnn: nn.Module) -> None:
-    """Use :class:`ContiguousGroupNorm` for every GroupNorm inside ``cnn`` (CPU, channels-last)."""
+    """Use :class:`AccurateGroupNorm` for every GroupNorm inside ``cnn`` (CPU, channels-last)."""
     for module in cnn.modules():
         if type(module) is nn.GroupNorm:
-            module.__class__ = ContiguousGroupNorm
+            module.__class__ = AccurateGroupNorm
 
 
 def swap_sub_pixel_upsampling(cnn: nn.Module) -> None:

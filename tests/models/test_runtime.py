@@ -107,7 +107,7 @@ def test_the_agent_keeps_its_parameters_names_and_weight_decay_groups() -> None:
         assert id(tensor) == before[name][0] and torch.equal(tensor, before[name][1]), name
     assert groups == {name: sorted(split_weight_decay(getattr(agent, name)).decay) for name in BATCHES}
     kinds = {type(m).__name__ for m in agent.modules()}
-    assert {"ContiguousGroupNorm", "CheckpointedResidualBlock", "CheckpointedSubPixelUpsample"} <= kinds
+    assert {"AccurateGroupNorm", "CheckpointedResidualBlock", "CheckpointedSubPixelUpsample"} <= kinds
     assert "LayerNorm" in kinds  # the transformer's norms are untouched
     conv = agent.world_model.frame_cnn.layers[0]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -127,9 +127,52 @@ def test_group_norm_of_channels_last_maps_is_as_accurate_as_the_contiguous_kerne
     assert (norm(channels_last).double() - oracle).abs().max() > 100 * contiguous_error  # the bug
     swapped = copy.deepcopy(norm)
     runtime.swap_group_norms(swapped)
-    out = swapped(channels_last)
+    out = swapped(channels_last)  # with autograd: through the contiguous kernel
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, norm(x))
+
+
+GROUP_NORM_MAPS = {
+    "mean 30x the spread": lambda: 30.0 + torch.randn(2, 16, 32, 32),
+    "mean 1000x the spread": lambda: 1000.0 + torch.randn(2, 16, 32, 32),
+    "constant channels": lambda: torch.randn(2, 16, 1, 1).expand(2, 16, 32, 32).contiguous(),
+    "constant groups": lambda: torch.full((2, 16, 32, 32), 0.7),
+    "zeros": lambda: torch.zeros(2, 16, 32, 32),
+    "ordinary": lambda: torch.randn(2, 16, 8, 8),
+}
+
+
+@pytest.mark.parametrize("name", list(GROUP_NORM_MAPS))
+def test_group_norm_without_autograd_takes_accurate_statistics_in_the_channels_last_layout(name: str) -> None:
+    """The two-pass statistics against a float64 oracle: no worse than torch's contiguous kernel."""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(4, 16)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = GROUP_NORM_MAPS[name]()
+    oracle = F.group_norm(x.double(), 4, norm.weight.double(), norm.bias.double())
+    contiguous_error = (norm(x).double() - oracle).abs().max().item()
+    swapped = copy.deepcopy(norm)
+    runtime.swap_group_norms(swapped)
+    with torch.no_grad():
+        out = swapped(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.double() - oracle).abs().max().item() <= 2 * contiguous_error + 1e-6
+
+
+def test_group_norm_without_autograd_equals_the_plain_norm_in_float64() -> None:
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(8, 32).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = 3.0 + torch.randn(3, 32, 5, 7, dtype=torch.float64)
+    swapped = copy.deepcopy(norm)
+    runtime.swap_group_norms(swapped)
+    with torch.no_grad():
+        out = swapped(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, norm(x), rtol=1e-12, atol=1e-12)
 
 
 def test_cnn_features_of_flat_and_padding_frames_are_as_accurate_as_the_contiguous_layout() -> None:
@@ -148,9 +191,11 @@ def test_cnn_features_of_flat_and_padding_frames_are_as_accurate_as_the_contiguo
         return (cnn(frames).double() - oracle).abs().amax(dim=(1, 2, 3))
 
     contiguous = error(OFF)
-    for layout in (True, False):
-        optimised = error(RuntimeConfig(channels_last=layout))
-        assert torch.all(optimised <= 3 * contiguous + 2e-6), (layout, optimised, contiguous)
+    for autograd in (True, False):  # the norms take two routes, with autograd and without
+        with torch.set_grad_enabled(autograd):
+            for layout in (True, False):
+                optimised = error(RuntimeConfig(channels_last=layout))
+                assert torch.all(optimised <= 3 * contiguous + 2e-6), (autograd, layout, optimised)
     assert torch.all(error(None) > 5 * contiguous)  # the test sees the imprecision of torch's kernel
 
 
